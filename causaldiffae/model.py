@@ -1,0 +1,244 @@
+"""CausalDiffAE: the latent SCM, the semantic encoder and the diffusion decoder as one Pyro model.
+
+Generative model (one image ``x`` with labels ``y`` that may be missing), inside ``plate("data")``::
+
+    u_i ~ N(0, I)                            sample site   "u_<node>"     (the SCM's exogenous noise)
+    z_i = f_i(z_pa(i)) + u_i                 deterministic "z_<node>"
+    y~_i * 1 ~ N(z_i, I)                     observed      "y_<node>"     (masked where y_i is missing)
+    x ~ p_theta(x | z)                       factor        "x"            (log-density ~ -L_simple)
+
+Guide (amortised): ``u ~ q_phi(u | x) = N(mu_phi(x), diag sigma_phi(x)^2)``, one site per node.
+
+Training loss (per example; :meth:`CausalDiffAE.loss_terms`)::
+
+    L = L_simple + gamma(step) * (kl_weight * KL(q(u|x) || N(0, I)) + label_weight * 0.5 ||z_i - y~_i||^2)
+
+The terms are read off a guide trace and a model trace replayed on it, so the loss uses exactly the
+model and guide above; see ``docs/training.md`` for why we do not call ``SVI.step`` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from causaldiffae.diffusion import NoiseSchedule
+from causaldiffae.errors import ConfigError, DataError
+from causaldiffae.graph import CausalGraph
+from causaldiffae.networks import EncoderConfig, SemanticEncoder, UNet, UNetConfig
+from causaldiffae.scm import LatentSCM
+
+VARIANTS = ("causal", "diffae")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that shapes a CausalDiffAE besides the graph.
+
+    Attributes:
+        unet: the noise predictor's architecture (image size and channels live here).
+        encoder: the semantic encoder's architecture.
+        schedule: "linear" or "cosine" noise schedule.
+        timesteps: T, the number of diffusion steps.
+        mechanism: "mlp" or "linear" structural mechanisms.
+        mechanism_hidden: hidden width of the "mlp" mechanisms.
+        variant: "causal" (CausalDiffAE) or "diffae" (baseline: independent latent blocks, no mechanisms).
+        kl_weight: weight of KL(q(u|x) || p(u)) at the end of the warm-up.
+        label_weight: lambda, weight of the label term at the end of the warm-up.
+        p_uncond: probability that a training example is decoded from the null condition (for guidance).
+        null_cond: "learned" or "zero" null condition.
+    """
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    schedule: str = "linear"
+    timesteps: int = 1000
+    mechanism: str = "mlp"
+    mechanism_hidden: int = 64
+    variant: str = "causal"
+    kl_weight: float = 1e-2
+    label_weight: float = 1.0
+    p_uncond: float = 0.1
+    null_cond: str = "learned"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, Mapping):
+            self.unet = UNetConfig(**self.unet)
+        if isinstance(self.encoder, Mapping):
+            self.encoder = EncoderConfig(**self.encoder)
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ConfigError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        for name in ("kl_weight", "label_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def gpu_preset(cls, **overrides: Any) -> "ModelConfig":
+        """A larger configuration for a GPU (the reference's 128-channel UNet)."""
+        return cls(unet=UNetConfig.gpu_preset(), encoder=EncoderConfig.gpu_preset(), **overrides)
+
+
+class CausalDiffAE(nn.Module):
+    """A causal diffusion autoencoder over a user's causal graph.
+
+    Args:
+        graph: the causal DAG; its nodes, block sizes and label normalisation shape the model.
+        config: architecture and objective settings.
+
+    Shapes: images ``(B, C, H, W)`` in [-1, 1]; labels ``(B, n_nodes)`` in label units (NaN =
+    missing); latents ``(B, D)`` with ``D = graph.latent_dim``.
+    """
+
+    def __init__(self, graph: CausalGraph, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.graph = graph
+        self.config = config = config or ModelConfig()
+        scm_graph = graph if config.variant == "causal" else graph.without_edges()
+        self.scm = LatentSCM(scm_graph, mechanism=config.mechanism, hidden=config.mechanism_hidden)
+        self.encoder = SemanticEncoder(config.encoder, graph.latent_dim, in_channels=config.unet.in_channels, image_size=config.unet.image_size)
+        self.unet = UNet(config.unet, cond_dim=graph.latent_dim, null_cond=config.null_cond)
+        self.schedule = NoiseSchedule(kind=config.schedule, num_timesteps=config.timesteps)
+
+    # ------------------------------------------------------------------ input checks
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.config.unet
+        return (c.in_channels, c.image_size, c.image_size)
+
+    def check_images(self, images: torch.Tensor, what: str = "images") -> None:
+        """Raise a DataError unless ``images`` is ``(B, C, H, W)`` with this model's C, H, W."""
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise DataError(
+                f"{what} have shape {tuple(images.shape)}, but this model takes (B, {', '.join(map(str, self.image_shape))})"
+            )
+
+    def check_labels(self, labels: torch.Tensor | None, batch: int) -> None:
+        n = len(self.graph.nodes)
+        if labels is not None and tuple(labels.shape) != (batch, n):
+            raise DataError(f"labels have shape {tuple(labels.shape)}, expected ({batch}, {n}) for nodes {self.graph.nodes}")
+
+    # ------------------------------------------------------------------ Pyro model and guide
+    def model(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The generative model; returns z ``(B, D)``.
+
+        ``cond_mask`` (B,) bool, False = decode that example from the null condition; ``t`` (B,) and
+        ``noise`` (B, C, H, W) fix the diffusion draws of the image term (random when None).
+        The parameters are plain ``nn.Module`` parameters (no ``pyro.module`` call): training
+        uses a torch optimiser on the loss read off the traces (see :meth:`loss_terms`).
+        """
+        with pyro.plate("data", images.shape[0]):
+            z = self.scm.sample_latents(labels=labels)
+            loss = self.schedule.training_loss(self.unet, images, z, cond_mask=cond_mask, t=t, noise=noise)
+            pyro.factor("x", -loss)
+        return z
+
+    def guide(self, images: torch.Tensor, labels: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The amortised guide q(u | x); returns the sampled u ``(B, D)``."""
+        mu, logvar = self.encoder(images)
+        std = torch.exp(0.5 * logvar)
+        with pyro.plate("data", images.shape[0]):
+            us = []
+            for name in self.graph.nodes:
+                b = self.graph.block(name)
+                us.append(pyro.sample(f"u_{name}", dist.Normal(mu[:, b], std[:, b]).to_event(1)))
+        return torch.cat(us, dim=-1)
+
+    def loss_terms(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        gamma: float = 1.0,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The training objective and its parts, each a scalar (batch mean).
+
+        Returns a dict with ``loss`` (to minimise), ``diffusion`` (L_simple), ``kl`` (sum over
+        latent dimensions), ``label`` (0.5 * squared error over labelled blocks), ``labelled``
+        (the fraction of labels present) and the weights in force. ``t``, ``noise`` and
+        ``cond_mask`` fix the random draws (see :func:`causaldiffae.training.step_noise`); when
+        ``cond_mask`` is None, each example uses the null condition with probability ``p_uncond``
+        while training.
+        """
+        self.check_images(images)
+        B = images.shape[0]
+        self.check_labels(labels, B)
+        if cond_mask is None and self.training and self.config.p_uncond > 0:
+            cond_mask = torch.rand(B, device=images.device) >= self.config.p_uncond
+        guide_tr = poutine.trace(self.guide).get_trace(images)
+        model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(images, labels, cond_mask, t, noise)
+
+        kl = images.new_zeros(B)
+        label = images.new_zeros(B)
+        diffusion = -model_tr.nodes["x"]["fn"].log_factor
+        for name, site in model_tr.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if name.startswith("u_"):
+                kl = kl + dist.kl_divergence(guide_tr.nodes[name]["fn"], site["fn"])
+            elif site["is_observed"] and name != "x":
+                fn = site["fn"]
+                d = site["value"].shape[-1]
+                nll = -fn.log_prob(site["value"]) - 0.5 * d * math.log(2 * math.pi)  # = 0.5 ||y~ - z||^2
+                mask = site["mask"]
+                label = label + (nll * mask if isinstance(mask, torch.Tensor) else nll)
+        cfg = self.config
+        loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label)
+        present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
+        return {
+            "loss": loss.mean(),
+            "diffusion": diffusion.mean(),
+            "kl": kl.mean(),
+            "label": label.mean(),
+            "labelled": present,
+            "gamma": torch.tensor(gamma),
+        }
+
+    # ------------------------------------------------------------------ deterministic pieces
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean abduction: returns ``(u, z)``, each ``(B, D)``, with ``z = SCM(u)``."""
+        self.check_images(images)
+        mu, _ = self.encoder(images)
+        return mu, self.scm.mechanisms(mu)
+
+    def predict_labels(self, z: torch.Tensor) -> torch.Tensor:
+        """Read labels off latents: the mean of each block, denormalised. ``(B, D) -> (B, n_nodes)``."""
+        means = torch.stack([z[:, self.graph.block(n)].mean(dim=-1) for n in self.graph.nodes], dim=-1)
+        return self.graph.denormalise(means)
+
+    def ema_copy(self) -> "CausalDiffAE":
+        """A frozen deep copy (used for EMA weights)."""
+        m = copy.deepcopy(self)
+        m.requires_grad_(False)
+        return m
