@@ -70,6 +70,143 @@ def _graph_check(args) -> int:
     return EXIT_FALSIFIED if report.falsified else 0
 
 
+# ----------------------------------------------------------------------------------------- data
+@command("data")
+def _data_parser(sub) -> None:
+    p = sub.add_parser("data", help="generate a data set with ground-truth counterfactuals")
+    p.add_argument("name", choices=["pendulum", "morphomnist"])
+    p.add_argument("--size", type=int, default=32, help="image size in pixels (square)")
+    p.add_argument("--out", required=True, help="output folder (images + labels.csv + generator.json)")
+    p.add_argument("--n", type=int, default=None, help="number of images (default: the data set's standard size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data)
+
+
+def _data(args) -> int:
+    from causaldiffae.data import generate_dataset
+
+    out = generate_dataset(args.name, args.out, size=args.size, n=args.n, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- train
+@command("train")
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a CausalDiffAE on a graph and a data set")
+    p.add_argument("--graph", required=True, help="graph file or shipped name")
+    p.add_argument("--data", required=True, help="data folder (images + labels.csv), .npz, or a generated name (pendulum, morphomnist)")
+    p.add_argument("--config", help="YAML/JSON file with sections 'model' and 'train'")
+    p.add_argument("--label-fraction", type=float, help="fraction of training images that keep their labels")
+    p.add_argument("--steps", type=int, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--size", type=int, help="image size (overrides the config)")
+    p.add_argument("--variant", choices=["causal", "diffae"], help="model variant (diffae: no mechanisms, a baseline)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from causaldiffae.errors import ConfigError
+    from causaldiffae.pipeline import prepare_training
+    from causaldiffae.training import train
+
+    if not args.out and not args.resume:
+        raise ConfigError("give --out RUN for a new run or --resume RUN to continue one")
+    run_dir = args.resume or args.out
+    graph, dataset, config, data_info = prepare_training(
+        args.graph, args.data, config_path=args.config, resume=args.resume,
+        overrides={"train.label_fraction": args.label_fraction, "train.steps": args.steps, "train.batch_size": args.batch_size,
+                   "train.seed": args.seed, "model.unet.image_size": args.size, "model.variant": args.variant},
+    )
+    path = train(graph, dataset, run_dir, config, resume=bool(args.resume), device=args.device,
+                 progress=not args.no_progress, data_info=data_info)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- counterfactual
+def _shift(delta: float):
+    return lambda v: v + delta
+
+
+def _parse_do(exprs: Sequence[str]) -> dict:
+    """Parse ``--do`` expressions into an intervention.
+
+    ``NODE=V`` sets NODE to V (label units, negative values allowed); ``NODE=+D`` or ``NODE+=D``
+    shifts it by +D; ``NODE-=D`` shifts it by -D.
+    """
+    from causaldiffae.errors import InterventionError
+
+    out: dict = {}
+    for e in exprs:
+        name, sep, value = e.partition("=")
+        op = ""
+        if name.endswith(("+", "-")):
+            name, op = name[:-1], name[-1]
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise InterventionError(f"malformed --do {e!r}: expected NODE=VALUE (set), NODE=+DELTA or NODE+=DELTA / NODE-=DELTA (shift)")
+        if not op and value.startswith("+"):
+            op, value = "+", value[1:]
+        try:
+            number = float(value)
+        except ValueError:
+            raise InterventionError(f"malformed --do {e!r}: {value!r} is not a number") from None
+        if name in out:
+            raise InterventionError(f"--do names {name!r} twice")
+        out[name] = _shift(number) if op == "+" else _shift(-number) if op == "-" else number
+    return out
+
+
+@command("counterfactual")
+def _cf_parser(sub) -> None:
+    p = sub.add_parser("counterfactual", help="what would these images look like under do(...)?")
+    p.add_argument("--run", required=True, help="run folder or checkpoint")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", help="image files")
+    src.add_argument("--data", help="data folder / .npz / generated name to draw images from")
+    p.add_argument("--n", type=int, default=16, help="images to take from --data")
+    p.add_argument("--do", action="append", default=[], metavar="NODE=VALUE", help="set (light=120) or shift (angle=+10); repeatable")
+    p.add_argument("--strength", type=float, default=1.0, help="guidance weight w (1: plain conditional; >1 stronger)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps for inversion and decoding")
+    p.add_argument("--abduction", choices=["ddim", "noise"], default="ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=_counterfactual)
+
+
+def _counterfactual(args) -> int:
+    from causaldiffae.pipeline import run_counterfactual_command
+
+    return run_counterfactual_command(args, _parse_do(args.do))
+
+
+@command("sample")
+def _sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="interventional samples: u from the prior, do(...), random x_T")
+    p.add_argument("--run", required=True)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--do", action="append", default=[], metavar="NODE=VALUE")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> int:
+    from causaldiffae.pipeline import run_sample_command
+
+    return run_sample_command(args, _parse_do(args.do))
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -242,3 +242,66 @@ class CausalDiffAE(nn.Module):
         m = copy.deepcopy(self)
         m.requires_grad_(False)
         return m
+
+    # ------------------------------------------------------------------ the query API as methods
+    @classmethod
+    def load(cls, run_or_checkpoint, device: str | torch.device = "cpu", graph: CausalGraph | None = None, ema: bool = True):
+        """Load a trained model from a run folder or checkpoint file.
+
+        Returns ``(model, meta)``: the model in eval mode on ``device`` (EMA weights by default)
+        and the checkpoint's metadata (step, config, data description and label ranges).
+        Raises CheckpointError for a missing/corrupt file or, when ``graph`` is given, a checkpoint
+        trained on another graph.
+        """
+        from causaldiffae.training import load_model
+
+        return load_model(run_or_checkpoint, graph=graph, device=device, ema=ema)
+
+    def abduct(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", **kw: Any):
+        """See :func:`causaldiffae.counterfactual.abduct`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.abduct(self, images, steps=steps, method=method, **kw)
+
+    def intervene(self, abduction, do):
+        """See :func:`causaldiffae.counterfactual.intervene`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.intervene(self, abduction, do)
+
+    def predict(self, abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, **kw: Any) -> torch.Tensor:
+        """See :func:`causaldiffae.counterfactual.predict`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.predict(self, abduction, z, strength=strength, steps=steps, **kw)
+
+    def counterfactual(self, images: torch.Tensor, do=None, strength: float = 1.0, steps: int = 20, **kw: Any):
+        """See :func:`causaldiffae.counterfactual.counterfactual`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.counterfactual(self, images, do=do, strength=strength, steps=steps, **kw)
+
+    def sample(self, n: int, do=None, strength: float = 1.0, steps: int = 20, **kw: Any):
+        """See :func:`causaldiffae.counterfactual.sample`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.sample(self, n, do=do, strength=strength, steps=steps, **kw)
+
+    def reconstruct(self, images: torch.Tensor, steps: int = 20) -> torch.Tensor:
+        """See :func:`causaldiffae.counterfactual.reconstruct`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.reconstruct(self, images, steps=steps)
+
+    def decode(self, x_T: torch.Tensor, z: torch.Tensor, strength: float = 1.0, steps: int = 20) -> torch.Tensor:
+        """DDIM-decode ``x_T`` ``(B, C, H, W)`` under latents ``z`` ``(B, D)``."""
+        from causaldiffae.diffusion import ddim_sample
+
+        with torch.no_grad():
+            return ddim_sample(self.unet, self.schedule, x_T, z, steps=steps, guidance=strength).clamp(-1, 1)
+
+    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int = 20) -> torch.Tensor:
+        """See :func:`causaldiffae.counterfactual.interpolate`."""
+        from causaldiffae import counterfactual as cf
+
+        return cf.interpolate(self, image_a, image_b, n=n, steps=steps)

@@ -443,21 +443,21 @@ def train(
 
 
 def write_sample_grid(model: CausalDiffAE, dataset, path: Path, steps: int = 20, n: int = 6, seed: int = 0) -> Path:
-    """A PNG grid: inputs | DDIM reconstructions | prior samples | one counterfactual per root node."""
-    from causaldiffae.counterfactual import Counterfactuals, image_grid
+    """A PNG grid: inputs | DDIM reconstructions | prior samples | do(root = its max) for two roots."""
+    from causaldiffae import counterfactual as cf
 
     was_training = model.training
     model.eval()
     images, labels = dataset.batch(torch.arange(min(n, len(dataset))))
     images = images.to(next(model.parameters()).device)
-    cf = Counterfactuals(model)
-    rows = [images, cf.reconstruct(images, steps=steps), cf.sample(images.shape[0], steps=steps, seed=seed).images]
+    rows = [images, cf.reconstruct(model, images, steps=steps), cf.sample(model, images.shape[0], steps=steps, seed=seed).images]
     names = ["input", "reconstruction", "sample"]
+    lo, hi = dataset.label_range()
     for node in model.graph.roots[:2]:
-        lo, hi = model.graph.label_range(node)
-        res = cf.counterfactual(images, do={node: hi}, steps=steps)
-        rows.append(res.images)
-        names.append(f"do({node}={hi:.3g})")
-    image_grid(rows, path, row_names=names)
+        v = float(hi[model.graph.index(node)])
+        if math.isfinite(v):
+            rows.append(cf.counterfactual(model, images, do={node: v}, steps=steps).images)
+            names.append(f"do({node}={v:.3g})")
+    cf.image_grid(rows, path, row_names=names)
     model.train(was_training)
     return path

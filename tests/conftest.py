@@ -17,3 +17,20 @@ def _seed_everything():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny CausalDiffAE trained once per session on the two-node world of tests/tiny.py."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_dataset, tiny_graph, tiny_run_config
+
+    from causaldiffae.training import train
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train(tiny_graph(), tiny_dataset(128), run, tiny_run_config(steps=300, warmup_steps=50, ema_decay=0.95),
+          progress=False, data_info={"label_range": {"a": [-0.9, 0.9], "b": [-1.0, 1.0]}})
+    return run

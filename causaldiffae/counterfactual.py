@@ -1,0 +1,327 @@
+"""Counterfactual queries: abduction -> action -> prediction, interventional sampling, interpolation.
+
+Plain functions over a trained :class:`~causaldiffae.model.CausalDiffAE` (the model also exposes
+them as methods)::
+
+    ab  = abduct(model, images, steps=20)            # u = mu(x), z = SCM(u), x_T = DDIM-invert(x, z)
+    z_cf = intervene(model, ab, {"light": 120})      # set nodes, recompute descendants, keep the rest
+    x_cf = predict(model, ab, z_cf, strength=1.5)    # DDIM-decode(x_T, z_cf) with guidance weight w
+
+or all at once with :func:`counterfactual`. Everything runs without autograd, in chunks of
+``max_batch`` images (bounded memory), and is deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from causaldiffae.diffusion import ddim_invert, ddim_sample
+from causaldiffae.errors import InterventionError
+
+Value = Union[float, int, Sequence[float], np.ndarray, torch.Tensor, Callable[[Any], Any]]
+DoSpec = Mapping[str, Value]
+
+ABDUCTIONS = ("ddim", "noise")
+
+
+@dataclass
+class Abduction:
+    """What abduction recovers from factual images.
+
+    Attributes:
+        images: the factual images ``(B, C, H, W)`` in [-1, 1].
+        u: exogenous noise, posterior mean ``(B, D)``.
+        z: factual latents ``SCM(u)`` ``(B, D)``.
+        x_T: the stochastic code ``(B, C, H, W)`` (DDIM inversion, or forward noise for "noise").
+        steps: DDIM steps used for the inversion.
+        method: "ddim" (ours) or "noise" (the reference code's forward noising, a baseline).
+    """
+
+    images: torch.Tensor
+    u: torch.Tensor
+    z: torch.Tensor
+    x_T: torch.Tensor
+    steps: int
+    method: str = "ddim"
+
+
+@dataclass
+class CounterfactualResult:
+    """Everything a counterfactual query produces (all tensors on CPU unless stated).
+
+    Attributes:
+        images: counterfactual images ``(B, C, H, W)`` in [-1, 1].
+        factual_images: the inputs ``(B, C, H, W)`` (None for interventional samples).
+        z_factual, z_counterfactual: latents before and after the action ``(B, D)``.
+        labels_factual, labels_counterfactual: label values read off the latents, in label units ``(B, n_nodes)``.
+        x_T: the stochastic code the images were decoded from ``(B, C, H, W)``.
+        do: the intervention as given.
+        affected: the intervened nodes and their descendants, in topological order.
+        nodes: node names in the column order of the label tensors.
+    """
+
+    images: torch.Tensor
+    factual_images: torch.Tensor | None
+    z_factual: torch.Tensor
+    z_counterfactual: torch.Tensor
+    labels_factual: torch.Tensor
+    labels_counterfactual: torch.Tensor
+    x_T: torch.Tensor
+    do: dict[str, Any] = field(default_factory=dict)
+    affected: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+
+    def to_dataframe(self):
+        """A pandas table: one row per image, factual and counterfactual label values per node."""
+        import pandas as pd
+
+        cols: dict[str, Any] = {"index": np.arange(self.images.shape[0])}
+        for j, n in enumerate(self.nodes):
+            cols[f"{n}_factual"] = self.labels_factual[:, j].numpy()
+            cols[f"{n}_counterfactual"] = self.labels_counterfactual[:, j].numpy()
+        cols["intervened"] = ";".join(str(k) for k in self.do)
+        cols["affected"] = ";".join(self.affected)
+        return pd.DataFrame(cols)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _chunks(n: int, size: int):
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- the three steps
+@torch.no_grad()
+def abduct(
+    model, images: torch.Tensor, steps: int = 20, method: str = "ddim", seed: int | None = 0, max_batch: int = 64,
+    progress: bool = False,
+) -> Abduction:
+    """Abduction: recover ``u``, ``z`` and ``x_T`` from factual images.
+
+    Args:
+        model: a trained CausalDiffAE (use its EMA weights, eval mode).
+        images: ``(B, C, H, W)`` in [-1, 1] with the model's channels and size.
+        steps: DDIM inversion steps.
+        method: "ddim" inverts the decoder deterministically (identity is preserved); "noise"
+            reproduces the reference code: ``x_T = q_sample(x, T - 1)`` with fresh noise.
+        seed: seeds the forward noise of ``method="noise"``.
+        max_batch: images per network call (bounds memory).
+    """
+    if method not in ABDUCTIONS:
+        raise InterventionError(f"abduction must be one of {ABDUCTIONS}, got {method!r}")
+    model.check_images(images)
+    dev = _device(model)
+    images = images.to(dev, torch.float32)
+    u, z = model.encode(images)
+    if method == "ddim":
+        x_T = torch.cat([
+            ddim_invert(model.unet, model.schedule, images[s], z[s], steps=steps, progress=progress)
+            for s in _chunks(images.shape[0], max_batch)
+        ])
+    else:
+        g = _generator(seed, dev)
+        noise = torch.randn(images.shape, generator=g, device=dev)
+        t = torch.full((images.shape[0],), model.schedule.num_timesteps - 1, device=dev, dtype=torch.long)
+        x_T = model.schedule.q_sample(images, t, noise)
+    return Abduction(images=images, u=u, z=z, x_T=x_T, steps=steps, method=method)
+
+
+def check_do(model, do: DoSpec, batch: int, value_range: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Validate an intervention: known nodes, numeric or callable values of the right length.
+
+    Values outside ``value_range`` (the training labels' range, when known) give a warning naming the range.
+    """
+    nodes = model.graph.nodes
+    out: dict[str, Any] = {}
+    for name, v in do.items():
+        if name not in nodes:
+            raise InterventionError(f"unknown node {name!r} in do(); known nodes: {', '.join(nodes)}")
+        if callable(v):
+            out[name] = v
+            continue
+        try:
+            t = torch.as_tensor(v, dtype=torch.float32)
+        except (TypeError, ValueError) as e:
+            raise InterventionError(f"do({name}={v!r}): the value must be a number, one number per image, or a callable") from e
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, batch)):
+            raise InterventionError(f"do({name}=...): got {tuple(t.shape)} values for a batch of {batch} images")
+        if not torch.isfinite(t).all():
+            raise InterventionError(f"do({name}={v!r}): values must be finite")
+        if value_range and name in value_range:
+            lo, hi = value_range[name]
+            if float(t.min()) < lo or float(t.max()) > hi:
+                warnings.warn(f"do({name}={v}) is outside the training range of {name} [{lo:.4g}, {hi:.4g}]; the model extrapolates", stacklevel=3)
+        out[name] = t.reshape(-1) if t.ndim else float(t)
+    return out
+
+
+@torch.no_grad()
+def intervene(model, abduction: Abduction, do: DoSpec, value_range: Mapping[str, tuple[float, float]] | None = None) -> torch.Tensor:
+    """Action: the counterfactual latents ``(B, D)`` under ``do``.
+
+    Intervened blocks take ``((v - loc) / scale) * 1``, descendants are recomputed from their
+    mechanisms with their own abducted ``u``, every other block is left bit-identical.
+    """
+    do = check_do(model, do, abduction.z.shape[0], value_range)
+    if not do:
+        return abduction.z.clone()
+    do = {k: (v.to(abduction.z.device) if isinstance(v, torch.Tensor) else v) for k, v in do.items()}
+    return model.scm.intervene(abduction.z, do, u=abduction.u)
+
+
+@torch.no_grad()
+def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, max_batch: int = 64, progress: bool = False) -> torch.Tensor:
+    """Prediction: DDIM-decode ``x_T`` under latents ``z`` with guidance weight ``strength`` -> ``(B, C, H, W)``."""
+    return torch.cat([
+        ddim_sample(model.unet, model.schedule, abduction.x_T[s], z[s], steps=steps, guidance=strength, progress=progress)
+        for s in _chunks(z.shape[0], max_batch)
+    ]).clamp(-1, 1)
+
+
+def counterfactual(
+    model, images: torch.Tensor, do: DoSpec | None = None, strength: float = 1.0, steps: int = 20,
+    abduction: str = "ddim", seed: int | None = 0, max_batch: int = 64, progress: bool = False,
+    value_range: Mapping[str, tuple[float, float]] | None = None,
+) -> CounterfactualResult:
+    """Answer "what would these images look like under ``do``?" (abduction, action, prediction).
+
+    Args:
+        model: a trained CausalDiffAE.
+        images: ``(B, C, H, W)`` in [-1, 1].
+        do: node -> value in label units; a number (whole batch), one number per image, or a
+            callable on the factual label value (a shift, e.g. ``lambda v: v + 10``). ``{}`` or
+            None reproduces the input (up to the reconstruction error).
+        strength: guidance weight w (1: the conditional model; >1 strengthens the intervention).
+        steps: DDIM steps for both inversion and decoding.
+        abduction: "ddim" or "noise" (reference baseline).
+        seed: makes "noise" abduction deterministic.
+    """
+    do = dict(do or {})
+    ab = abduct(model, images, steps=steps, method=abduction, seed=seed, max_batch=max_batch, progress=progress)
+    z_cf = intervene(model, ab, do, value_range)
+    x_cf = predict(model, ab, z_cf, strength=strength, steps=steps, max_batch=max_batch, progress=progress)
+    return CounterfactualResult(
+        images=x_cf.cpu(), factual_images=ab.images.cpu(), z_factual=ab.z.cpu(), z_counterfactual=z_cf.cpu(),
+        labels_factual=model.predict_labels(ab.z).cpu(), labels_counterfactual=model.predict_labels(z_cf).cpu(),
+        x_T=ab.x_T.cpu(), do=do, affected=model.scm.affected(do) if do else [], nodes=list(model.graph.nodes),
+    )
+
+
+@torch.no_grad()
+def sample(
+    model, n: int, do: DoSpec | None = None, strength: float = 1.0, steps: int = 20, seed: int | None = 0, max_batch: int = 64,
+    progress: bool = False,
+) -> CounterfactualResult:
+    """Interventional samples: ``u ~ N(0, I)``, ``z = SCM(u)`` under ``do``, random ``x_T``, DDIM decoding."""
+    dev = _device(model)
+    g = _generator(seed, dev)
+    u = torch.randn((n, model.graph.latent_dim), generator=g, device=dev)
+    x_T = torch.randn((n, *model.image_shape), generator=g, device=dev)
+    z = model.scm.mechanisms(u)
+    ab = Abduction(images=torch.empty(0), u=u, z=z, x_T=x_T, steps=steps, method="prior")
+    do = dict(do or {})
+    z_do = intervene(model, ab, do)
+    x = predict(model, ab, z_do, strength=strength, steps=steps, max_batch=max_batch, progress=progress)
+    return CounterfactualResult(
+        images=x.cpu(), factual_images=None, z_factual=z.cpu(), z_counterfactual=z_do.cpu(),
+        labels_factual=model.predict_labels(z).cpu(), labels_counterfactual=model.predict_labels(z_do).cpu(),
+        x_T=x_T.cpu(), do=do, affected=model.scm.affected(do) if do else [], nodes=list(model.graph.nodes),
+    )
+
+
+@torch.no_grad()
+def reconstruct(model, images: torch.Tensor, steps: int = 20, max_batch: int = 64) -> torch.Tensor:
+    """DDIM-invert then decode with the factual latents: ``(B, C, H, W) -> (B, C, H, W)``."""
+    ab = abduct(model, images, steps=steps, max_batch=max_batch)
+    return predict(model, ab, ab.z, steps=steps, max_batch=max_batch)
+
+
+def _slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    af, bf = a.flatten(1), b.flatten(1)
+    cos = (af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1)).clamp_min(1e-12)
+    theta = torch.arccos(cos.clamp(-1, 1)).view(-1, *[1] * (a.ndim - 1))
+    s = torch.sin(theta).clamp_min(1e-6)
+    return torch.sin((1 - w) * theta) / s * a + torch.sin(w * theta) / s * b
+
+
+@torch.no_grad()
+def interpolate(model, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int = 20) -> torch.Tensor:
+    """Walk between two real images: u and z linearly, x_T spherically. Returns ``(n, C, H, W)``."""
+    pair = torch.stack([image_a.reshape(model.image_shape), image_b.reshape(model.image_shape)])
+    ab = abduct(model, pair, steps=steps)
+    w = torch.linspace(0, 1, n, device=ab.z.device).view(-1, 1)
+    u = (1 - w) * ab.u[0:1] + w * ab.u[1:2]
+    z = model.scm.mechanisms(u)
+    x_T = _slerp(ab.x_T[0:1].expand(n, *model.image_shape), ab.x_T[1:2].expand(n, *model.image_shape), w.view(-1, 1, 1, 1))
+    walk = Abduction(images=pair, u=u, z=z, x_T=x_T, steps=steps)
+    return predict(model, walk, z, steps=steps).cpu()
+
+
+# --------------------------------------------------------------------------- pictures
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``(B, C, H, W)`` in [-1, 1] -> ``(B, H, W, C)`` uint8 (C = 1 squeezed to grey, 4 kept as RGBA)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "cf") -> list[Path]:
+    """Write each image as ``folder/prefix_00000.png``; returns the paths."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, arr in enumerate(to_uint8(images)):
+        p = folder / f"{prefix}_{i:05d}.png"
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(p)
+        paths.append(p)
+    return paths
+
+
+def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_names: Sequence[str] | None = None, scale: int = 3) -> Path:
+    """Save rows of images ``(B_r, C, H, W)`` as one PNG grid with optional row captions."""
+    from PIL import Image, ImageDraw
+
+    arrs = [to_uint8(r) for r in rows]
+    h, w = arrs[0].shape[1:3]
+    c = max(a.shape[-1] for a in arrs)
+    ncol = max(a.shape[0] for a in arrs)
+    label_w = 0 if not row_names else 8 + 6 * max(len(s) for s in row_names)
+    pad = 2
+    canvas = Image.new("RGB", (label_w + ncol * (w * scale + pad) + pad, len(arrs) * (h * scale + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, a in enumerate(arrs):
+        y = pad + r * (h * scale + pad)
+        if row_names:
+            draw.text((4, y + h * scale // 2 - 5), row_names[r], fill="black")
+        for k, img in enumerate(a):
+            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img[..., :3]).convert("RGB")
+            canvas.paste(im.resize((w * scale, h * scale), Image.NEAREST), (label_w + pad + k * (w * scale + pad), y))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def difference_grid(result: CounterfactualResult, path: str | Path, scale: int = 3) -> Path:
+    """factual | counterfactual | |difference| (amplified to the full range) as a PNG grid."""
+    diff = (result.images - result.factual_images).abs().mean(1, keepdim=True)
+    diff = diff / diff.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * 2 - 1
+    return image_grid([result.factual_images, result.images, diff.expand_as(result.images[:, :1])],
+                      path, row_names=["factual", "counterfactual", "|difference|"], scale=scale)
