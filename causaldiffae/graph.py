@@ -504,7 +504,7 @@ class CausalGraph:
         except ImportError:  # pragma: no cover
             pd = None
         if pd is not None and isinstance(table, pd.DataFrame):
-            arr = _numeric_labels(self, table)[0].to_numpy(dtype=np.float64)
+            arr = _numeric_labels(self, table, drop=False)[0].to_numpy(dtype=np.float64)
         else:
             arr = np.asarray(table.detach().cpu() if hasattr(table, "detach") else table, dtype=np.float64)
         with np.errstate(all="ignore"):
@@ -758,10 +758,9 @@ def load_label_table(path: str | Path) -> "Any":
         raise DataError(f"{p}: cannot read the CSV label table: {err}") from None
 
 
-def _numeric_labels(graph: CausalGraph, table: Any) -> tuple[Any, int]:
-    """Columns of ``table`` for the graph's labels, renamed to node names, numeric, complete rows.
-
-    Returns ``(frame, n_dropped)``.
+def _numeric_labels(graph: CausalGraph, table: Any, drop: bool = True) -> tuple[Any, int]:
+    """Columns of ``table`` for the graph's labels, renamed to node names, numeric; with ``drop``
+    only the rows with every label present and finite. Returns ``(frame, n_dropped)``.
     """
     import pandas as pd
 
@@ -778,6 +777,8 @@ def _numeric_labels(graph: CausalGraph, table: Any) -> tuple[Any, int]:
             raise DataError(f"label column '{c}' has non-numeric value {bad.iloc[0]!r} (row {bad.index[0]})")
         frame[c] = numeric.astype(np.float64)
     frame.columns = graph.nodes
+    if not drop:
+        return frame, 0
     complete = frame.notna().all(axis=1) & np.isfinite(frame.to_numpy()).all(axis=1)
     return frame[complete].reset_index(drop=True), int((~complete).sum())
 
