@@ -809,11 +809,14 @@ def check(
         raise DataError(f"only {len(frame)} complete label rows ({dropped} dropped for missing labels); need at least 10")
     if max_rows is not None and len(frame) > max_rows:
         frame = frame.sample(n=max_rows, random_state=seed).reset_index(drop=True)
-    kw = {}
-    if independence_test is not None:
-        kw["independence_test"] = independence_test
-    if conditional_independence_test is not None:
-        kw["conditional_independence_test"] = conditional_independence_test
+    # DoWhy's kernel test otherwise runs in a joblib pool whose start-up dominates small tables.
+    from functools import partial
+
+    from dowhy.gcm.independence_test import kernel_based
+
+    kernel = partial(kernel_based, bootstrap_n_jobs=1)
+    kw = {"independence_test": independence_test or kernel,
+          "conditional_independence_test": conditional_independence_test or kernel}
     nxg = nx.DiGraph()
     nxg.add_nodes_from(graph.nodes)
     nxg.add_edges_from(graph.edges)
