@@ -72,12 +72,13 @@ class LatentSCM(PyroModule):
         self.mechanism_kind = mechanism
         self.hidden = hidden
         dims = dict(zip(graph.nodes, graph.dims))
-        f = nn.ModuleDict({
-            n: _mechanism(mechanism, sum(dims[p] for p in graph.parents(n)), dims[n], hidden)
-            for n in graph.nodes
-        })
-        to_pyro_module_(f)  # parameters become Pyro params named "f.<node>...." under this module
-        self.f = f
+        f = PyroModule[nn.ModuleDict]()
+        for n in graph.nodes:
+            m = _mechanism(mechanism, sum(dims[p] for p in graph.parents(n)), dims[n], hidden)
+            to_pyro_module_(m)
+            # Direct insertion so that node names such as "type" or "train" are valid keys.
+            f._modules[n] = m
+        self.f = f  # parameters become Pyro params named "f.<node>.<param>"
 
     # ------------------------------------------------------------------ pure tensor methods
     def _parent_input(self, name: str, blocks: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:

@@ -241,3 +241,13 @@ def test_runs_on_cuda():
     assert zc.device.type == "cuda" and torch.equal(zc[:, g.block("light")], z[:, g.block("light")])
     with scm.do({"light": 90.0}):
         assert scm(batch_size=3).device.type == "cuda"
+
+
+def test_node_names_that_shadow_module_attributes():
+    g = CausalGraph([NodeSpec(n, dim=2, loc=0.0, scale=1.0) for n in ("type", "train", "keys")],
+                    [("type", "train"), ("train", "keys")])
+    scm = LatentSCM(g, hidden=4)
+    assert [k for k, _ in scm.named_parameters()][:2] == ["f.type.bias", "f.train.0.weight"]
+    _assert_relations_match_graph(g, scm)
+    z = scm.mechanisms(torch.randn(2, 6))
+    assert torch.equal(scm.intervene(z, {"keys": 1.0})[:, :4], z[:, :4])
