@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -733,7 +733,6 @@ class GraphCheckReport:
     n_dropped: int
     lmc_p_value: float | None = None
     dowhy_text: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [self.summary, f"rows used: {self.n_rows}, rows dropped for missing labels: {self.n_dropped}"]
