@@ -66,7 +66,7 @@ def _graph_check(args) -> int:
     graph = CausalGraph.load(args.graph)
     table = load_label_table(args.labels)
     report = check(graph, table, n_permutations=args.permutations, max_rows=args.max_rows, seed=args.seed)
-    print(report.summary())
+    print(report)
     return EXIT_FALSIFIED if report.falsified else 0
 
 

@@ -358,6 +358,13 @@ class CausalGraph:
         return p
 
     # ---- structure
+    def without_edges(self) -> "CausalGraph":
+        """The same nodes, blocks and normalisation with every edge removed (independent factors).
+
+        Node order (and so the latent layout) is kept; used by the Diff-AE baseline.
+        """
+        return CausalGraph([self._specs[n] for n in self._nodes], [], default_dim=self.default_dim, name=self.name)
+
     @property
     def nodes(self) -> list[str]:
         """Node names in topological order (ties: declaration order)."""
