@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from causaldiffae.diffusion import ddim_invert, ddim_sample
 from causaldiffae.errors import InterventionError
 
 Value = Union[float, int, Sequence[float], np.ndarray, torch.Tensor, Callable[[Any], Any]]
@@ -131,7 +130,7 @@ def abduct(
     u, z = model.encode(images)
     if method == "ddim":
         x_T = torch.cat([
-            ddim_invert(model.unet, model.schedule, images[s], z[s], steps=steps, progress=progress)
+            model.schedule.ddim_invert(model.denoiser(), images[s], z[s], steps=steps, progress=progress)
             for s in _chunks(images.shape[0], max_batch)
         ])
     else:
@@ -189,7 +188,7 @@ def intervene(model, abduction: Abduction, do: DoSpec, value_range: Mapping[str,
 def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, max_batch: int = 64, progress: bool = False) -> torch.Tensor:
     """Prediction: DDIM-decode ``x_T`` under latents ``z`` with guidance weight ``strength`` -> ``(B, C, H, W)``."""
     return torch.cat([
-        ddim_sample(model.unet, model.schedule, abduction.x_T[s], z[s], steps=steps, guidance=strength, progress=progress)
+        model.schedule.ddim_sample(model.denoiser(), abduction.x_T[s], z[s], steps=steps, guidance=strength, progress=progress)
         for s in _chunks(z.shape[0], max_batch)
     ]).clamp(-1, 1)
 

@@ -75,6 +75,9 @@ class ModelConfig:
             self.unet = UNetConfig(**self.unet)
         if isinstance(self.encoder, Mapping):
             self.encoder = EncoderConfig(**self.encoder)
+        # the encoder reads the same images as the decoder
+        if (self.encoder.image_size, self.encoder.in_channels) != (self.unet.image_size, self.unet.in_channels):
+            self.encoder = dataclasses.replace(self.encoder, image_size=self.unet.image_size, in_channels=self.unet.in_channels)
         if self.variant not in VARIANTS:
             raise ConfigError(f"model variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.p_uncond < 1.0:
@@ -117,9 +120,43 @@ class CausalDiffAE(nn.Module):
         self.config = config = config or ModelConfig()
         scm_graph = graph if config.variant == "causal" else graph.without_edges()
         self.scm = LatentSCM(scm_graph, mechanism=config.mechanism, hidden=config.mechanism_hidden)
-        self.encoder = SemanticEncoder(config.encoder, graph.latent_dim, in_channels=config.unet.in_channels, image_size=config.unet.image_size)
+        self.encoder = SemanticEncoder(config.encoder, graph.latent_dim)
         self.unet = UNet(config.unet, cond_dim=graph.latent_dim, null_cond=config.null_cond)
         self.schedule = NoiseSchedule(kind=config.schedule, num_timesteps=config.timesteps)
+        self.inference_mode = "auto"
+        self._fast: Any = None
+
+    # ------------------------------------------------------------------ fast inference
+    def set_inference_mode(self, mode: str = "auto") -> "CausalDiffAE":
+        """Choose how the UNet runs when sampling: "auto" (the fastest mode that matches fp32 eager
+        within tolerance), "eager", "channels_last", "jit" or "compile" (see ``docs/decoder.md``)."""
+        self.inference_mode = mode
+        self._fast = None
+        return self
+
+    def denoiser(self) -> nn.Module:
+        """The noise predictor to sample with: the UNet itself while training, else a cached fast copy.
+
+        The copy is rebuilt after :meth:`train` or :meth:`load_state_dict`, so it never serves stale weights.
+        """
+        if self.training or self.inference_mode == "eager":
+            return self.unet
+        if self._fast is None:
+            self._fast = self.unet.prepare_for_inference(self.inference_mode)
+        return self._fast
+
+    def train(self, mode: bool = True) -> "CausalDiffAE":
+        self._fast = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any):
+        self._fast = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def __getstate__(self):  # deepcopy (EMA) and pickling skip the compiled copy
+        state = self.__dict__.copy()
+        state["_fast"] = None
+        return state
 
     # ------------------------------------------------------------------ input checks
     @property
@@ -295,10 +332,8 @@ class CausalDiffAE(nn.Module):
 
     def decode(self, x_T: torch.Tensor, z: torch.Tensor, strength: float = 1.0, steps: int = 20) -> torch.Tensor:
         """DDIM-decode ``x_T`` ``(B, C, H, W)`` under latents ``z`` ``(B, D)``."""
-        from causaldiffae.diffusion import ddim_sample
-
         with torch.no_grad():
-            return ddim_sample(self.unet, self.schedule, x_T, z, steps=steps, guidance=strength).clamp(-1, 1)
+            return self.schedule.ddim_sample(self.denoiser(), x_T, z, steps=steps, guidance=strength).clamp(-1, 1)
 
     def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int = 20) -> torch.Tensor:
         """See :func:`causaldiffae.counterfactual.interpolate`."""
