@@ -1,0 +1,185 @@
+"""Noise schedules, the L_simple training loss, DDIM decoding/inversion and classifier-free guidance.
+
+Kept apart from the networks (as in diffusers), so that samplers can be swapped. A ``model`` here
+is any callable ``model(x_t (B, C, H, W), t (B,), cond (B, D) | None, cond_mask (B,) | None) ->
+eps (B, C, H, W)``: a :class:`~causaldiffae.networks.UNet` or its
+:class:`~causaldiffae.networks.FastUNet` (``unet.prepare_for_inference()``).
+
+Formulas (method.md §2), with ``a_t = alpha_bar_t``::
+
+    q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)
+    x0_hat       = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    x_s          = sqrt(a_s) x0_hat + sqrt(1 - a_s) eps          (DDIM, eta = 0)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from causaldiffae.errors import ConfigError, DataError
+
+__all__ = ["NoiseSchedule", "guided_eps"]
+
+EpsModel = Callable[..., Tensor]
+
+
+class NoiseSchedule:
+    """A discrete forward process with ``num_timesteps`` steps.
+
+    ``kind="linear"``: betas linear from ``beta_start`` to ``beta_end`` (DDPM). ``kind="cosine"``:
+    Nichol & Dhariwal's ``alpha_bar(t) = cos^2((t/T + s) / (1 + s) * pi/2)``, betas clipped at 0.999.
+    Computed in float64; ``betas`` and ``alphas_cumprod`` are float32 tensors ``(T,)``, moved to the
+    data's device on use (``.to(device)`` also works).
+    """
+
+    def __init__(self, kind: Literal["linear", "cosine"] = "linear", num_timesteps: int = 1000,
+                 beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+        if num_timesteps < 2:
+            raise ConfigError(f"NoiseSchedule: num_timesteps must be >= 2, got {num_timesteps}")
+        if kind == "linear":
+            if not 0.0 < beta_start <= beta_end < 1.0:
+                raise ConfigError(f"NoiseSchedule: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+            betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        elif kind == "cosine":
+            s = 0.008
+            steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+            f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        else:
+            raise ConfigError(f"NoiseSchedule: kind must be 'linear' or 'cosine', got {kind!r}")
+        self.kind, self.num_timesteps = kind, int(num_timesteps)
+        self.beta_start, self.beta_end = beta_start, beta_end
+        self._alphas_cumprod64 = torch.cumprod(1 - betas, dim=0)
+        self.betas = betas.float()
+        self.alphas_cumprod = self._alphas_cumprod64.float()
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        self.betas, self.alphas_cumprod = self.betas.to(device), self.alphas_cumprod.to(device)
+        return self
+
+    def alpha_bar(self, t: Tensor | int, like: Tensor) -> Tensor:
+        """``alpha_bar_t`` for int ``t`` (scalar or ``(B,)``), shaped ``(B, 1, 1, 1)`` like ``like``."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        a = self._alphas_cumprod64[t.cpu()].to(device=like.device, dtype=like.dtype)
+        return a.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def _check_t(self, t: Tensor) -> None:
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+            raise DataError(f"NoiseSchedule: timesteps must lie in [0, {self.num_timesteps}), "
+                            f"got range [{int(t.min())}, {int(t.max())}]")
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Sample ``x_t ~ q(x_t | x_0)``: ``x0`` ``(B, C, H, W)``, ``t`` int ``(B,)`` -> ``(B, C, H, W)``."""
+        t = torch.as_tensor(t, dtype=torch.long).reshape(-1)
+        self._check_t(t)
+        noise = torch.randn_like(x0) if noise is None else noise
+        a = self.alpha_bar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def sample_t(self, batch: int, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Uniform timesteps ``(B,)`` int64 in ``[0, T)``."""
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
+
+    def training_loss(self, model: EpsModel, x0: Tensor, cond: Tensor | None, cond_mask: Tensor | None = None,
+                      t: Tensor | None = None, noise: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """Per-example L_simple ``||eps_theta(x_t, t, z) - eps||^2`` averaged over pixels: ``(B,)``.
+
+        ``t`` defaults to uniform in ``[0, T)``; ``cond_mask`` ``(B,)`` bool (False = null condition)
+        implements the p_uncond dropout of classifier-free guidance training.
+        """
+        b = x0.shape[0]
+        t = self.sample_t(b, x0.device, generator) if t is None else torch.as_tensor(t, device=x0.device).long()
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        eps = model(self.q_sample(x0, t, noise), t, cond, cond_mask)
+        return (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+
+    def ddim_timesteps(self, num_steps: int) -> Tensor:
+        """``num_steps`` int timesteps evenly spaced over ``[0, T)``, ascending, from 0 to ``T - 1``."""
+        if not 1 <= int(num_steps) <= self.num_timesteps:
+            raise ConfigError(f"DDIM: steps must be in [1, {self.num_timesteps}], got {num_steps}")
+        if num_steps == 1:
+            return torch.tensor([self.num_timesteps - 1])
+        return torch.linspace(0, self.num_timesteps - 1, int(num_steps), dtype=torch.float64).round().long()
+
+    def _steps(self, steps: int, progress: bool, desc: str) -> tuple[list[int], Callable]:
+        ts = self.ddim_timesteps(steps).tolist()
+        return ts, (lambda it: tqdm(it, desc=desc, total=len(ts), leave=False) if progress else it)
+
+    def ddim_sample(self, model: EpsModel, x_T: Tensor, cond: Tensor | None, steps: int = 50,
+                    eta: float = 0.0, guidance: float = 1.0, generator: torch.Generator | None = None,
+                    progress: bool = False) -> Tensor:
+        """DDIM decoding ``x_T`` ``(B, C, H, W)`` -> ``x_0`` ``(B, C, H, W)`` in ``steps`` model calls.
+
+        Visits the timesteps of :meth:`NoiseSchedule.ddim_timesteps` from ``T - 1`` down to 0, then to
+        the clean image (``alpha_bar = 1``). ``eta > 0`` adds DDIM's stochastic term
+        ``sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)``.
+        """
+        if eta < 0:
+            raise ConfigError(f"DDIM: eta must be >= 0, got {eta}")
+        ts, wrap = self._steps( steps, progress, "DDIM decode")
+        with torch.no_grad():
+            x = x_T.float()
+            for i in wrap(range(len(ts) - 1, -1, -1)):
+                a_t = self.alpha_bar(ts[i], x)
+                a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(a_t)
+                eps = guided_eps(model, x, ts[i], cond, guidance).float()
+                x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+                if eta > 0 and i > 0:
+                    sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
+                    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                    x = a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+                else:
+                    x = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+        return x.clone()
+
+    def ddim_invert(self, model: EpsModel, x0: Tensor, cond: Tensor | None, steps: int = 50,
+                    progress: bool = False) -> Tensor:
+        """Diff-AE's stochastic encoder: deterministic DDIM run forward in time, ``x_0`` -> ``x_T``.
+
+        ``x0`` ``(B, C, H, W)``, ``cond`` ``(B, D)`` or ``None`` -> ``x_T`` ``(B, C, H, W)`` in ``steps``
+        model calls; the exact mirror of :func:`ddim_sample` with ``eta = 0``: from the state at ``s``
+        (the clean image, then each DDIM timestep) with ``eps = eps_theta(x_s, s, z)``,
+        ``x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t) eps``.
+        """
+        ts, wrap = self._steps( steps, progress, "DDIM invert")
+        with torch.no_grad():
+            x = x0.float()
+            for i in wrap(range(len(ts))):
+                s = ts[i - 1] if i > 0 else 0  # the clean image is evaluated at t = 0
+                a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(x[:, :1, :1, :1])
+                a_t = self.alpha_bar(ts[i], x)
+                eps = guided_eps(model, x, s, cond, 1.0).float()
+                x_hat = (x - (1 - a_s).sqrt() * eps) / a_s.sqrt()
+                x = a_t.sqrt() * x_hat + (1 - a_t).sqrt() * eps
+        return x.clone()
+
+    def __repr__(self) -> str:
+        return f"NoiseSchedule(kind={self.kind!r}, num_timesteps={self.num_timesteps})"
+
+
+def guided_eps(model: EpsModel, x_t: Tensor, t: Tensor | int, cond: Tensor | None, guidance: float = 1.0) -> Tensor:
+    """Classifier-free guidance ``eps~ = eps(x, t, null) + w * (eps(x, t, z) - eps(x, t, null))``.
+
+    ``x_t`` ``(B, C, H, W)``, ``t`` scalar or ``(B,)``, ``cond`` ``(B, D)`` or ``None`` -> ``(B, C, H, W)``.
+    ``w = 1`` runs only the conditional pass, ``w = 0`` (or ``cond=None``) only the null pass; other
+    weights run both in one forward of batch ``2B``.
+    """
+    b = x_t.shape[0]
+    t = torch.as_tensor(t, device=x_t.device)
+    t = t.expand(b) if t.ndim == 0 else t
+    if cond is None or guidance == 0:
+        return model(x_t, t, None, None)
+    if guidance == 1:
+        return model(x_t, t, cond, None)
+    mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(x_t.device)
+    eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, cond]), mask)
+    e_cond, e_null = eps[:b], eps[b:]
+    return e_null + guidance * (e_cond - e_null)
