@@ -29,6 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.kl import kl_divergence
 from torch import nn
 
 from causaldiffae.diffusion import NoiseSchedule
@@ -242,7 +243,7 @@ class CausalDiffAE(nn.Module):
             if site["type"] != "sample":
                 continue
             if name.startswith("u_"):
-                kl = kl + dist.kl_divergence(guide_tr.nodes[name]["fn"], site["fn"])
+                kl = kl + kl_divergence(guide_tr.nodes[name]["fn"], site["fn"])
             elif site["is_observed"] and name != "x":
                 fn = site["fn"]
                 d = site["value"].shape[-1]

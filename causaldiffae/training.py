@@ -406,6 +406,7 @@ def train(
             sn = StepNoise(*(x.to(info.device) for x in dataclasses.astuple(sn)))
             terms = wrapped(images, labels, sn, tc.gamma(step))
             loss = terms["loss"]
+            terms = {k: v.detach() for k, v in terms.items()}
             if not torch.isfinite(loss):
                 where = f"the last good checkpoint is {ckpt_path} (step {last_good})" if last_good is not None else "no checkpoint was written yet"
                 parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
@@ -420,7 +421,7 @@ def train(
             done = step + 1
             if info.is_main:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{float(loss):.4f}", diff=f"{float(terms['diffusion']):.4f}", kl=f"{float(terms['kl']):.3g}",
+                bar.set_postfix(loss=f"{float(terms['loss']):.4f}", diff=f"{float(terms['diffusion']):.4f}", kl=f"{float(terms['kl']):.3g}",
                                 label=f"{float(terms['label']):.3g}", gamma=f"{tc.gamma(step):.2f}", img_s=f"{rate:.1f}")
                 bar.update(1)
                 if done % tc.log_every == 0 or done == tc.steps:

@@ -8,6 +8,12 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import torch  # noqa: E402
+
+# Test models are tiny: one thread is as fast as two and never oversubscribes the cores when
+# tests start subprocesses (torchrun, the CLI) or share the machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():

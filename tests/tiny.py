@@ -54,8 +54,9 @@ def tiny_run_config(steps: int = 60, **train):
     from causaldiffae.training import RunConfig, TrainConfig
 
     model = ModelConfig(
-        unet=UNetConfig.tiny(image_size=SIZE, in_channels=3),
-        encoder=EncoderConfig.tiny(),
+        unet=UNetConfig(image_size=SIZE, in_channels=3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(), num_groups=4),
+        encoder=EncoderConfig(image_size=SIZE, in_channels=3, base_channels=8, channel_mult=(1, 2), num_groups=4),
         timesteps=100,
         mechanism_hidden=16,
     )
