@@ -138,10 +138,21 @@ class _Staging:
         os.replace(self.tmp, self.out)
 
 
-def _load_images(paths, model) -> torch.Tensor:
+def _load_images(paths, model, resize: bool = False) -> torch.Tensor:
+    """Read image files for ``model``: each must have its size and channel count unless ``resize``
+    (then they are converted and resized with :func:`causaldiffae.data.resize_images`'s rule)."""
     from causaldiffae.data import load_image_files
+    from causaldiffae.data.folder import read_image
 
-    return load_image_files(paths, channels=model.image_shape[0], size=model.image_shape[1])
+    c, h, w = model.image_shape
+    if resize:
+        return load_image_files(paths, channels=c, size=h)
+    for p in paths:
+        a = read_image(Path(p))
+        if a.shape != (h, w, c):
+            raise DataError(f"{p} is {a.shape[1]}x{a.shape[0]} with {a.shape[2]} channel(s), but the model takes "
+                            f"{w}x{h} with {c}; pass --resize to convert and resize it")
+    return load_image_files(paths)
 
 
 def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
@@ -153,7 +164,7 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
     model, meta = CausalDiffAE.load(args.run, device=args.device)
     value_range = {k: tuple(v) for k, v in meta.get("data", {}).get("label_range", {}).items()}
     if args.images:
-        images = _load_images(args.images, model)
+        images = _load_images(args.images, model, resize=getattr(args, "resize", False))
     else:
         from causaldiffae.data import open_dataset
 
