@@ -290,7 +290,7 @@ class CausalGraph:
         """Read a graph file (``.dot``/``.gv``, ``.gml``, ``.yaml``/``.yml``, ``.json``) or a shipped
         graph by bare name (``"pendulum"``, ``"morphomnist"``, ``"causal_circuit"``)."""
         p = Path(path)
-        if not p.exists() and p.suffix == "" and len(p.parts) == 1:
+        if (not p.is_file()) and p.suffix == "" and len(p.parts) == 1:  # a bare name (even if a folder shares it)
             p = shipped_graph(str(path))
         if not p.exists():
             raise GraphError(f"graph file {str(path)!r} not found; shipped graphs: {', '.join(shipped_names())}")

@@ -211,3 +211,9 @@ def test_check_data_errors(tmp_path):
     pd.testing.assert_frame_equal(load_label_table(csv), table)
     with pytest.raises(DataError, match="not found"):
         load_label_table(tmp_path / "missing.csv")
+
+
+def test_a_folder_named_like_a_shipped_graph_does_not_shadow_it(tmp_path, monkeypatch):
+    (tmp_path / "pendulum").mkdir()  # e.g. a run folder called pendulum
+    monkeypatch.chdir(tmp_path)
+    assert CausalGraph.load("pendulum").nodes[0] == "angle"
