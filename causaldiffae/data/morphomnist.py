@@ -12,11 +12,11 @@ half its range, its mean stroke thickness is measured as ``2 * mean(distance map
 skeleton) / SCALE``, it is dilated (thicker) or eroded (thinner) by a disk and box-downsampled back
 to 28 x 28. A disk of radius ``r`` is a level set of the distance transform, so the whole family of
 dilations/erosions of one digit is one signed distance map thresholded at a signed radius; the
-radius starts at ``SCALE * (t - t_measured) / 2`` and is refined by up to :data:`MAX_PASSES`
-secant steps so that the *rendered 28 x 28 image*, measured by :func:`measure_thickness`, has the
-requested thickness. Erosion keeps a thin tube around the skeleton so strokes never vanish. Finally
-the image is scaled so that the median of its foreground (pixels at or above half the maximum)
-equals the intensity.
+radius starts at ``SCALE * (t - t_measured) / 2`` and the digit is rendered up to
+:data:`MAX_PASSES` times (secant steps on the radius) so that the *rendered 28 x 28 image*,
+measured by :func:`measure_thickness`, has the requested thickness. Erosion keeps a thin tube
+around the skeleton so strokes never vanish. Finally the image is scaled so that the median of its
+foreground (pixels at or above half the maximum) equals the intensity.
 
 The true counterfactual keeps the exogenous state (``source``, ``eps_intensity``), applies ``do``
 and recomputes intensity from the equation unless it is intervened on.
@@ -36,8 +36,8 @@ MORPHO_COLUMNS = ["digit", "thickness", "intensity"]
 EXOGENOUS_COLUMNS = ["source", "eps_intensity"]
 N_SOURCES = 5000
 SCALE = 4
-MAX_PASSES = 3
-TOLERANCE = 0.05  # stop refining once the measured thickness is this close (pixels)
+MAX_PASSES = 4
+TOLERANCE = 0.1  # stop refining once the measured thickness is this close (pixels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,16 +201,20 @@ def set_thickness(image28: Any, thickness: float) -> np.ndarray:
         raise DataError("cannot set the thickness of a blank image")
     dist_in = ndi.distance_transform_edt(mask)
     t0, skeleton = _mask_thickness(mask, dist_in)
-    # Signed distance: -distance to the background inside, distance to the digit outside. The
-    # dilation by a disk of radius r is {signed <= r}, the erosion by r is {signed <= -r}.
-    signed = np.where(mask, -dist_in, ndi.distance_transform_edt(~mask))
-    # Thinning keeps a tube around the skeleton (radius a quarter of the target stroke).
-    tube = ndi.distance_transform_edt(~skeleton) <= SCALE * target / 4.0
+    # The dilation by a disk of radius r is {distance to the digit <= r}; the erosion by r is
+    # {distance to the background > r}. Thinning also keeps a tube around the skeleton (radius a
+    # quarter of the target stroke) so that thin parts of the digit never vanish.
+    cache: dict[str, np.ndarray] = {}
 
     def render(radius: float) -> tuple[np.ndarray, float]:
-        shape = signed <= radius
-        if radius < 0:
-            shape |= tube
+        if radius >= 0:
+            if "out" not in cache:
+                cache["out"] = ndi.distance_transform_edt(~mask)
+            shape = cache["out"] <= radius
+        else:
+            if "tube" not in cache:
+                cache["tube"] = ndi.distance_transform_edt(~skeleton) <= SCALE * target / 4.0
+            shape = (dist_in > -radius) | cache["tube"]
         img = _downsample(shape)
         return img, measure_thickness(img)
 
@@ -241,8 +245,24 @@ def set_intensity(coverage: np.ndarray, intensity: float) -> np.ndarray:
     top = c.max()
     if top <= 0:
         return np.zeros(c.shape, np.uint8)
-    median = np.median(c[c >= 0.5 * top])
-    return np.clip(np.round(c * (float(intensity) / median)), 0, 255).astype(np.uint8)
+    target = float(intensity)
+    fg = c[c >= 0.5 * top]
+    # Rounding and clipping can move pixels across the half-maximum line (coverages come in steps
+    # of 1 / SCALE**2, so ties are common) and the median of a few grey levels jumps, so several
+    # gains are tried at once (one per foreground level, and a fine grid around the first guess)
+    # and the one whose uint8 image measures closest to the target is kept.
+    first = target / np.median(fg)
+    img = np.clip(np.round(c * first), 0, 255).astype(np.uint8)
+    if abs(measure_intensity(img) - target) <= 0.5:
+        return img
+    gains = np.concatenate([[first], target / np.unique(fg), first * np.geomspace(0.85, 1.15, 31)])
+    imgs = np.clip(np.round(c.reshape(1, -1) * gains[:, None]), 0, 255)
+    vals = np.where(imgs >= 0.5 * imgs.max(axis=1, keepdims=True), imgs, np.nan)
+    with np.errstate(all="ignore"):
+        err = np.abs(np.nanmedian(vals, axis=1) - target)
+    err = np.where(np.isfinite(err), err, np.inf)
+    err = err + 1e-6 * np.abs(np.log(gains / first))  # ties: the gain nearest the first guess
+    return imgs[int(np.argmin(err))].reshape(c.shape).astype(np.uint8)
 
 
 def _column(table: Any, name: str) -> np.ndarray:
@@ -273,10 +293,12 @@ def render_morphomnist(table: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
     source = _sources(table)
     thickness = _column(table, "thickness").astype(np.float64)
     intensity = _column(table, "intensity").astype(np.float64)
+    if not np.all(np.isfinite(intensity)):
+        raise DataError("Morpho-MNIST 'intensity' must be finite to render")
     has_digit = "digit" in (table.columns if hasattr(table, "columns") else table)
     if has_digit:
         digit = _column(table, "digit").astype(np.float64)
-        bad = np.flatnonzero(digit != labels[source])
+        bad = np.flatnonzero(np.isfinite(digit) & (digit != labels[source]))
         if bad.size:
             k = bad[0]
             raise DataError(f"row {k}: digit {digit[k]:g} does not match source {source[k]} (a {labels[source[k]]}); "
@@ -304,6 +326,8 @@ def pad_to(images: np.ndarray, size: int) -> np.ndarray:
         top, left = (size - h) // 2, (size - w) // 2
         out[:, top : top + h, left : left + w] = images
         return out[..., None]
+    if n == 0:
+        return np.zeros((0, size, size, 1), np.uint8)
     from skimage.transform import resize
 
     # resize treats the batch axis as spatial; its factor is 1, so it is left untouched.
@@ -319,11 +343,16 @@ def pad_to(images: np.ndarray, size: int) -> np.ndarray:
 
 def _apply(value: Any, factual: np.ndarray, name: str) -> np.ndarray:
     new = value(factual.copy()) if callable(value) else value
-    new = np.asarray(new, dtype=np.float64)
+    try:
+        new = np.asarray(new, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"do({name}=...): expected numbers, got {new!r:.80}") from None
     try:
         return np.broadcast_to(new, factual.shape).astype(np.float64)
     except ValueError:
-        raise DataError(f"do({name}=...): got {new.shape} values for {factual.shape[0]} digits") from None
+        shape = f" (shape {new.shape})" if new.ndim > 1 else ""
+        raise DataError(f"do({name}=...): got {new.size} values{shape} for {factual.shape[0]} digits; "
+                        "give one value, one per row, or a callable") from None
 
 
 def true_counterfactual(table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int = 28) -> tuple[np.ndarray, pd.DataFrame]:
