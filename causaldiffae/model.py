@@ -76,9 +76,7 @@ class ModelConfig:
             self.unet = UNetConfig(**self.unet)
         if isinstance(self.encoder, Mapping):
             self.encoder = EncoderConfig(**self.encoder)
-        # the encoder reads the same images as the decoder
-        if (self.encoder.image_size, self.encoder.in_channels) != (self.unet.image_size, self.unet.in_channels):
-            self.encoder = dataclasses.replace(self.encoder, image_size=self.unet.image_size, in_channels=self.unet.in_channels)
+        self.sync_encoder()
         if self.variant not in VARIANTS:
             raise ConfigError(f"model variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.p_uncond < 1.0:
@@ -86,6 +84,11 @@ class ModelConfig:
         for name in ("kl_weight", "label_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def sync_encoder(self) -> None:
+        """The encoder reads the same images as the decoder: copy the UNet's size and channels."""
+        if (self.encoder.image_size, self.encoder.in_channels) != (self.unet.image_size, self.unet.in_channels):
+            self.encoder = dataclasses.replace(self.encoder, image_size=self.unet.image_size, in_channels=self.unet.in_channels)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +122,7 @@ class CausalDiffAE(nn.Module):
         super().__init__()
         self.graph = graph
         self.config = config = config or ModelConfig()
+        config.sync_encoder()  # the UNet's size/channels may have been set after construction
         scm_graph = graph if config.variant == "causal" else graph.without_edges()
         self.scm = LatentSCM(scm_graph, mechanism=config.mechanism, hidden=config.mechanism_hidden)
         self.encoder = SemanticEncoder(config.encoder, graph.latent_dim)

@@ -185,3 +185,31 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     for k in b:
         if k.startswith("model."):
             assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_train_command_on_a_folder_of_grey_images(tmp_path):
+    """A new graph file plus a folder of images just works: channels and label scales come from the data."""
+    import pandas as pd
+    import yaml
+    from PIL import Image
+
+    from causaldiffae.cli import main
+    from tiny import tiny_labels, tiny_render
+
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    labels = tiny_labels(12, seed=4)
+    for i, img in enumerate(tiny_render(labels)):
+        Image.fromarray(img[..., 0]).save(folder / f"g{i}.png")  # one channel
+    pd.DataFrame({"file": [f"g{i}.png" for i in range(12)], "a": labels[:, 0], "b": labels[:, 1]}).to_csv(folder / "labels.csv", index=False)
+    (tmp_path / "g.yaml").write_text("nodes:\n  a: {dim: 2}\n  b: {dim: 2, parents: [a]}\n")  # no declared scales
+    cfg = tiny_run_config()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": json.loads(json.dumps(cfg.model.to_dict())),
+                                                     "train": {"batch_size": 4, "checkpoint_every": 2}}))
+    run = tmp_path / "run"
+    assert main(["train", "--graph", str(tmp_path / "g.yaml"), "--data", str(folder), "--config", str(tmp_path / "c.yaml"),
+                 "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    model, meta = CausalDiffAE.load(run)
+    assert model.image_shape == (1, 16, 16)
+    assert all(model.graph.has_normalisation(n) for n in model.graph.nodes)  # estimated from the labels
+    assert model.sample(2, steps=2).images.shape == (2, 1, 16, 16)
