@@ -93,13 +93,26 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
     return path
 
 
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+def pretrained_names() -> list[str]:
+    """Names of the models shipped with the package (``causaldiffae/pretrained/<name>.safetensors``)."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Map a run folder or a checkpoint file to the checkpoint file; raise if there is none."""
+    """Map a run folder, a checkpoint file or a shipped model's name (``"pendulum"``, when no such
+    path exists) to the checkpoint file; raise if there is none."""
     p = Path(path)
+    if not p.exists() and p.suffix == "" and len(p.parts) == 1 and (PRETRAINED_DIR / f"{p}.safetensors").is_file():
+        return PRETRAINED_DIR / f"{p}.safetensors"
     if p.is_dir():
         p = p / CHECKPOINT_NAME
     if not p.exists():
-        raise CheckpointError(f"no checkpoint at {p}" + ("" if p.parent.exists() else f" (folder {p.parent} does not exist)"))
+        shipped = pretrained_names()
+        raise CheckpointError(f"no checkpoint at {p}" + ("" if p.parent.exists() else f" (folder {p.parent} does not exist)")
+                              + (f"; shipped models: {', '.join(shipped)}" if shipped else ""))
     return p
 
 

@@ -208,6 +208,23 @@ def _sample(args) -> int:
     return run_sample_command(args, _parse_do(args.do))
 
 
+@command("export")
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a run's EMA weights as a small inference-only checkpoint")
+    p.add_argument("--run", required=True, help="run folder or checkpoint")
+    p.add_argument("-o", "--out", required=True, help="output .safetensors file")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage precision of the weights")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from causaldiffae.training import export_model
+
+    path = export_model(args.run, args.out, dtype=args.dtype)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -283,6 +283,22 @@ def load_model(
     return model.to(device), meta
 
 
+def export_model(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "float16") -> Path:
+    """Write an inference-only checkpoint: the EMA weights (no optimiser state, no raw weights)
+    and the metadata, in ``dtype`` ("float16" halves the size; the model loads back in float32).
+
+    The result loads with :meth:`CausalDiffAE.load` like a run; it cannot be resumed.
+    """
+    if dtype not in ("float16", "float32"):
+        raise CheckpointError(f"export dtype must be float16 or float32, got {dtype!r}")
+    tensors, meta = load_checkpoint(run_or_checkpoint)
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    cast = getattr(torch, dtype)
+    weights = {f"ema.{k}": (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in _prefixed(tensors, prefix).items()}
+    meta["exported"] = {"from": str(run_or_checkpoint), "dtype": dtype, "step": meta.get("step")}
+    return save_checkpoint(out, weights, meta)
+
+
 def assert_same_graph(saved: CausalGraph, given: CausalGraph, where: Any) -> None:
     """Raise CheckpointError unless two graphs have the same nodes, edges and block sizes."""
     a = (saved.nodes, sorted(saved.edges), saved.dims)
@@ -350,6 +366,8 @@ def train(
     meta: dict[str, Any] = {}
     if resume:
         tensors, meta = load_checkpoint(ckpt_path)
+        if "exported" in meta:
+            raise CheckpointError(f"{ckpt_path} is an exported (inference-only) model; resume the run it came from")
         saved = CausalGraph.from_dict(meta["graph"])
         assert_same_graph(saved, graph, ckpt_path)
         graph = saved  # keeps the label normalisation the run started with

@@ -62,3 +62,27 @@ def test_foreign_safetensors_file_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(p))
     with pytest.raises(CheckpointError, match="not a causaldiffae checkpoint"):
         load_checkpoint(p)
+
+
+def test_exported_model_is_small_loads_and_gives_the_same_images(tiny_run, tmp_path):
+    from causaldiffae.cli import main
+    from causaldiffae.errors import CheckpointError
+    from causaldiffae.model import CausalDiffAE
+    from causaldiffae.training import train
+    from tiny import tiny_dataset, tiny_graph
+
+    out = tmp_path / "tiny.safetensors"
+    assert main(["export", "--run", str(tiny_run), "-o", str(out)]) == 0
+    assert out.stat().st_size < 0.3 * (tiny_run / "checkpoint.safetensors").stat().st_size
+    full, _ = CausalDiffAE.load(tiny_run)
+    small, meta = CausalDiffAE.load(out)
+    assert meta["exported"]["dtype"] == "float16"
+    images, _ = tiny_dataset(4, seed=2).batch(torch.arange(4))
+    a = full.counterfactual(images, do={"a": 0.3}, steps=10).images
+    b = small.counterfactual(images, do={"a": 0.3}, steps=10).images
+    assert float((a - b).abs().mean()) < 0.01  # float16 storage, float32 compute
+    run = tmp_path / "run"
+    run.mkdir()
+    out.rename(run / "checkpoint.safetensors")
+    with pytest.raises(CheckpointError, match="exported .inference-only. model"):
+        train(tiny_graph(), tiny_dataset(8), run, resume=True, progress=False)
