@@ -225,6 +225,129 @@ def _export(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- evaluation
+@command("predictors")
+def _predictors_parser(sub) -> None:
+    p = sub.add_parser("predictors", help="train anti-causal predictors (one CNN regressor per node) for the effectiveness metric")
+    p.add_argument("--graph", help="graph file or shipped name (default: the graph of --run)")
+    p.add_argument("--data", required=True, help="data folder / .npz / generated name with labelled images")
+    p.add_argument("--run", help="run folder: use its graph, normalisation and image size; write RUN/predictors.safetensors")
+    p.add_argument("--out", help="output .safetensors file (default: beside the run)")
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--size", type=int, help="image size (default: the run's, else 32)")
+    p.add_argument("--split", default="train", help="rows of the data's split column to train on (ignored without one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_predictors)
+
+
+def _predictors(args) -> int:
+    from causaldiffae.checkpoint import load_checkpoint
+    from causaldiffae.data import open_dataset
+    from causaldiffae.errors import CheckpointError, ConfigError
+    from causaldiffae.graph import CausalGraph
+    from causaldiffae.predictors import default_predictors_path, load_predictors, train_predictors
+
+    if not args.run and not args.graph:
+        raise ConfigError("give --graph G (and --out FILE), or --run RUN to use the run's graph")
+    if not args.run and not args.out:
+        raise ConfigError("give --out FILE for the predictors, or --run RUN to put them beside the run")
+    size = args.size
+    if args.run:
+        from causaldiffae.training import assert_same_graph
+
+        _, meta = load_checkpoint(args.run)
+        try:
+            graph = CausalGraph.from_dict(meta["graph"])
+            size = size or int(meta["config"]["model"]["unet"]["image_size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{args.run}: checkpoint metadata is incomplete: {e}") from e
+        if args.graph:
+            assert_same_graph(graph, CausalGraph.load(args.graph), args.run)
+        dataset = open_dataset(args.data, graph.label_columns, size=size, split=args.split)
+    else:
+        graph = CausalGraph.load(args.graph)
+        size = size or 32
+        dataset = open_dataset(args.data, graph.label_columns, size=size, split=args.split)
+        loc, scale = dataset.label_stats()
+        graph = graph.with_label_stats(loc, scale)
+    out = Path(args.out) if args.out else default_predictors_path(args.run)
+    path = train_predictors(graph, dataset, out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                            device=args.device, progress=not args.no_progress)
+    mae = load_predictors(path).meta.get("val_mae", {})
+    print("held-out MAE (normalised units): " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} -" for k, v in mae.items()))
+    print(f"wrote {path}")
+    return 0
+
+
+@command("evaluate")
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="reconstruction, effectiveness, composition, reversibility, ground truth and DCI")
+    p.add_argument("--run", required=True, help="run folder or checkpoint")
+    p.add_argument("--data", required=True, help="data folder / .npz / generated name (a generated folder brings its simulator)")
+    p.add_argument("--predictors", help="predictors file (default: RUN/predictors.safetensors if it exists)")
+    p.add_argument("--n", type=int, default=64, help="images to evaluate")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps of each counterfactual")
+    p.add_argument("--strength", type=float, default=1.0, help="guidance weight w")
+    p.add_argument("--recon-steps", type=int, nargs="+", default=[10, 20, 50, 100], help="step counts of the reconstruction table")
+    p.add_argument("--cycles", type=int, nargs="+", default=[1, 10], help="composition: report L1 after these numbers of null interventions")
+    p.add_argument("--reversibility-cycles", type=int, default=5)
+    p.add_argument("--intended", choices=["auto", "simulator", "dowhy", "scm"], default="auto",
+                   help="effectiveness' intended labels (auto: the simulator if any, else DoWhy)")
+    p.add_argument("--dowhy", choices=["auto", "linear"], default="auto", help="DoWhy mechanisms: auto-assigned or linear additive noise")
+    p.add_argument("--metrics", nargs="+", help="run only these (reconstruction effectiveness composition reversibility ground_truth dci)")
+    p.add_argument("--split", default="test", help="rows of the data's split column to evaluate on (ignored without one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", help="output folder (default: RUN/evaluation)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from causaldiffae import metrics as M
+    from causaldiffae.data import open_dataset
+    from causaldiffae.errors import CheckpointError
+    from causaldiffae.model import CausalDiffAE
+    from causaldiffae.predictors import default_predictors_path, load_predictors
+
+    model, meta = CausalDiffAE.load(args.run, device=args.device)
+    metrics = tuple(args.metrics) if args.metrics else M.METRICS
+    unknown = [m for m in metrics if m not in M.METRICS]
+    if unknown:
+        from causaldiffae.errors import ConfigError
+
+        raise ConfigError(f"unknown metric(s) {unknown}; known: {', '.join(M.METRICS)}")
+    size = model.image_shape[1]
+    dataset = open_dataset(args.data, model.graph.label_columns, size=size, split=args.split)
+    predictors = None
+    ppath = Path(args.predictors) if args.predictors else default_predictors_path(args.run)
+    if args.predictors or ppath.exists():
+        predictors = load_predictors(ppath, device=args.device)
+        if predictors.graph.nodes != model.graph.nodes:
+            raise CheckpointError(f"{ppath} predicts nodes {predictors.graph.nodes}, the model has {model.graph.nodes}")
+    found = M.find_simulator(args.data, size)
+    simulator, sim_size = (found[0], found[1]) if found else (None, None)
+    results = M.evaluate(
+        model, dataset, predictors=predictors, simulator=simulator, n=args.n, steps=args.steps, strength=args.strength,
+        recon_steps=args.recon_steps, composition_cycles=args.cycles, reversibility_cycles=args.reversibility_cycles,
+        intended=args.intended, simulator_size=sim_size, dowhy_mechanisms=args.dowhy, metrics=metrics, seed=args.seed,
+        progress=not args.no_progress,
+    )
+    results = {"run": str(args.run), "data": str(args.data), "split": args.split,
+               "predictors": str(ppath) if predictors is not None else None,
+               "simulator": found[2] if found else None, **results}
+    run = Path(args.run)
+    out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "evaluation"
+    js, md = M.write_report(results, out, title=f"Evaluation of {args.run}")
+    if results.get("skipped"):
+        print("skipped: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items()))
+    print(f"wrote {js} and {md}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
