@@ -117,14 +117,27 @@ class NoiseSchedule:
         ts = self.ddim_timesteps(steps).tolist()
         return ts, (lambda it: tqdm(it, desc=desc, total=len(ts), leave=False) if progress else it)
 
+    @staticmethod
+    def _clip(x: Tensor, x0: Tensor, eps: Tensor, a: Tensor, clip: bool) -> tuple[Tensor, Tensor]:
+        """Clip the predicted clean image to the data range [-1, 1] and re-derive the noise that
+        is consistent with it, ``eps = (x_t - sqrt(a) x0) / sqrt(1 - a)`` (skipped where a = 1)."""
+        if not clip or bool((a >= 1).all()):
+            return x0, eps
+        x0 = x0.clamp(-1.0, 1.0)
+        return x0, (x - a.sqrt() * x0) / (1 - a).sqrt()
+
     def ddim_sample(self, model: EpsModel, x_T: Tensor, cond: Tensor | None, steps: int = 50,
                     eta: float = 0.0, guidance: float = 1.0, generator: torch.Generator | None = None,
-                    progress: bool = False) -> Tensor:
+                    progress: bool = False, clip: bool = True) -> Tensor:
         """DDIM decoding ``x_T`` ``(B, C, H, W)`` -> ``x_0`` ``(B, C, H, W)`` in ``steps`` model calls.
 
         Visits the timesteps of :meth:`NoiseSchedule.ddim_timesteps` from ``T - 1`` down to 0, then to
         the clean image (``alpha_bar = 1``). ``eta > 0`` adds DDIM's stochastic term
-        ``sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)``.
+        ``sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)``. ``clip`` keeps each
+        predicted clean image in [-1, 1] (and the noise consistent with it): at high noise levels
+        ``x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` multiplies the network's error by
+        ``1 / sqrt(a_t)`` (~150 at the end of the chain), and unclipped estimates far outside the
+        data range drive the trajectory off the data manifold.
         """
         if eta < 0:
             raise ConfigError(f"DDIM: eta must be >= 0, got {eta}")
@@ -136,6 +149,7 @@ class NoiseSchedule:
                 a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(a_t)
                 eps = guided_eps(model, x, ts[i], cond, guidance).float()
                 x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+                x0, eps = self._clip(x, x0, eps, a_t, clip)
                 if eta > 0 and i > 0:
                     sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
                     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -145,13 +159,13 @@ class NoiseSchedule:
         return x.clone()
 
     def ddim_invert(self, model: EpsModel, x0: Tensor, cond: Tensor | None, steps: int = 50,
-                    progress: bool = False) -> Tensor:
+                    progress: bool = False, clip: bool = True) -> Tensor:
         """Diff-AE's stochastic encoder: deterministic DDIM run forward in time, ``x_0`` -> ``x_T``.
 
         ``x0`` ``(B, C, H, W)``, ``cond`` ``(B, D)`` or ``None`` -> ``x_T`` ``(B, C, H, W)`` in ``steps``
         model calls; the exact mirror of :func:`ddim_sample` with ``eta = 0``: from the state at ``s``
         (the clean image, then each DDIM timestep) with ``eps = eps_theta(x_s, s, z)``,
-        ``x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t) eps``.
+        ``x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t) eps`` (with the same ``clip`` as decoding).
         """
         ts, wrap = self._steps( steps, progress, "DDIM invert")
         with torch.no_grad():
@@ -162,6 +176,7 @@ class NoiseSchedule:
                 a_t = self.alpha_bar(ts[i], x)
                 eps = guided_eps(model, x, s, cond, 1.0).float()
                 x_hat = (x - (1 - a_s).sqrt() * eps) / a_s.sqrt()
+                x_hat, eps = self._clip(x, x_hat, eps, a_s, clip)
                 x = a_t.sqrt() * x_hat + (1 - a_t).sqrt() * eps
         return x.clone()
 

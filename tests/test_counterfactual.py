@@ -52,10 +52,18 @@ def test_intervention_changes_the_node_and_its_descendants_only(model, images):
 
 
 def test_interventions_move_the_image_in_the_right_direction(model, images):
-    lo = model.counterfactual(images, do={"b": -0.8}, steps=20).images
-    hi = model.counterfactual(images, do={"b": 0.8}, steps=20).images
-    right = slice(10, 16)  # the right half shows b
-    assert float(hi[..., right].mean()) > float(lo[..., right].mean()) + 0.3
+    right, left = slice(10, 16), slice(0, 6)  # the right half shows b, the left half a
+
+    def shift(strength):
+        lo = model.counterfactual(images, do={"b": -0.8}, steps=20, strength=strength).images
+        hi = model.counterfactual(images, do={"b": 0.8}, steps=20, strength=strength).images
+        return float(hi[..., right].mean() - lo[..., right].mean()), float((hi[..., left] - lo[..., left]).mean().abs())
+
+    b_region, a_region = shift(1.0)
+    assert b_region > 0.1, "raising b did not brighten the region that shows b"
+    assert b_region > 1.5 * a_region, "do(b) moved the region of a (not a descendant) as much as b's own"
+    stronger, _ = shift(3.0)
+    assert stronger > b_region + 0.1, "a larger guidance weight did not strengthen the intervention"
 
 
 def test_batched_and_per_image_interventions_agree(model, images):

@@ -132,6 +132,20 @@ def test_inversion_reconstructs_and_forward_noising_does_not() -> None:
     assert err_noised > 0.5 and err_noised > 10 * errs[100]
 
 
+def test_clipping_keeps_an_imperfect_network_in_the_data_range() -> None:
+    """At the end of the chain x0_hat multiplies the network's error by 1/sqrt(alpha_bar) (~150):
+    unclipped, a network that is slightly off leaves the data range; clipped, decoding stays in it."""
+    torch.manual_seed(0)
+    s = NoiseSchedule()
+    model = RandomDenoiser(s)
+    x_T = torch.randn(2, 3, 16, 16)
+    z = torch.randn(2, 3)
+    clipped = s.ddim_sample(model, x_T, z, steps=20)
+    raw = s.ddim_sample(model, x_T, z, steps=20, clip=False)
+    assert float(clipped.abs().max()) <= 1.0 + 1e-4
+    assert float(raw.abs().max()) > 1.5
+
+
 def test_sampling_builds_no_graph_and_eta() -> None:
     s = NoiseSchedule()
     unet = randomise_zero_init(UNet(tiny(), cond_dim=3))
