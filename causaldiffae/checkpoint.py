@@ -98,7 +98,7 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 def pretrained_names() -> list[str]:
     """Names of the models shipped with the package (``causaldiffae/pretrained/<name>.safetensors``)."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors") if "." not in p.stem)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

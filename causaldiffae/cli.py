@@ -348,6 +348,25 @@ def _evaluate(args) -> int:
     return 0
 
 
+@command("demo")
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="counterfactuals from a shipped model beside the simulator's true ones")
+    p.add_argument("--model", default="pendulum", choices=["pendulum", "morphomnist"], help="shipped model")
+    p.add_argument("-o", "--out", default="demo", help="output folder for grid.png")
+    p.add_argument("--n", type=int, default=6, help="scenes")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (inversion and decoding)")
+    p.add_argument("--strength", type=float, default=1.0, help="guidance weight w")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from causaldiffae.demo import run_demo
+
+    run_demo(args.model, out=args.out, n=args.n, steps=args.steps, strength=args.strength, seed=args.seed)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

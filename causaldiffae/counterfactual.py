@@ -293,25 +293,37 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "cf") ->
     return paths
 
 
-def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_names: Sequence[str] | None = None, scale: int = 3) -> Path:
-    """Save rows of images ``(B_r, C, H, W)`` as one PNG grid with optional row captions."""
+def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_names: Sequence[str] | None = None, scale: int = 3,
+               col_names: Sequence[str] | None = None) -> Path:
+    """Save rows of images ``(B_r, C, H, W)`` as one PNG grid with optional row and column captions.
+
+    Images are separated by grey lines, so white backgrounds stay visible.
+    """
     from PIL import Image, ImageDraw
 
     arrs = [to_uint8(r) for r in rows]
     h, w = arrs[0].shape[1:3]
-    c = max(a.shape[-1] for a in arrs)
     ncol = max(a.shape[0] for a in arrs)
     label_w = 0 if not row_names else 8 + 6 * max(len(s) for s in row_names)
+    cell_w = max(w * scale, 6 * max((len(s) for s in col_names), default=0) + 4) if col_names else w * scale
+    head = 14 if col_names else 0
     pad = 2
-    canvas = Image.new("RGB", (label_w + ncol * (w * scale + pad) + pad, len(arrs) * (h * scale + pad) + pad), "white")
+    canvas = Image.new("RGB", (label_w + ncol * (cell_w + pad) + pad, head + len(arrs) * (h * scale + pad) + pad), (170, 170, 170))
     draw = ImageDraw.Draw(canvas)
+    if col_names:
+        draw.rectangle([0, 0, canvas.width, head], fill="white")
+        for k, name in enumerate(col_names):
+            draw.text((label_w + pad + k * (cell_w + pad) + 2, 1), name, fill="black")
+    if row_names:
+        draw.rectangle([0, 0, label_w, canvas.height], fill="white")
     for r, a in enumerate(arrs):
-        y = pad + r * (h * scale + pad)
+        y = head + pad + r * (h * scale + pad)
         if row_names:
             draw.text((4, y + h * scale // 2 - 5), row_names[r], fill="black")
         for k, img in enumerate(a):
             im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img[..., :3]).convert("RGB")
-            canvas.paste(im.resize((w * scale, h * scale), Image.NEAREST), (label_w + pad + k * (w * scale + pad), y))
+            x = label_w + pad + k * (cell_w + pad) + (cell_w - w * scale) // 2
+            canvas.paste(im.resize((w * scale, h * scale), Image.NEAREST), (x, y))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

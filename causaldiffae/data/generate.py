@@ -98,3 +98,32 @@ def open_dataset(spec: Any, columns: Sequence[str], size: int | None = None, spl
     if p.is_dir():
         return load_folder(p, columns, size=size, split=split)
     raise DataError(f"data {s!r} is neither a folder with labels.csv, an .npz file, nor a generated data set ({', '.join(GENERATORS)})")
+
+
+def simulate(name: str, n: int, seed: int = 0, size: int = 32):
+    """Draw ``n`` fresh scenes from a generator: ``(uint8 images (n, size, size, C), label table)``.
+
+    The table carries the exogenous columns that :func:`true_counterfactual_function` needs.
+    """
+    if name == "pendulum":
+        from causaldiffae.data.pendulum import render_pendulum, sample_pendulum
+
+        table = sample_pendulum(n, seed)
+        return render_pendulum(table, size), table
+    if name == "morphomnist":
+        from causaldiffae.data.morphomnist import pad_to, render_morphomnist, sample_morphomnist
+
+        table = sample_morphomnist(n, seed)
+        return pad_to(render_morphomnist(table), size), table
+    raise DataError(f"unknown generated data set {name!r}; known: {', '.join(GENERATORS)}")
+
+
+def true_counterfactual_function(name: str):
+    """The simulator's ``true_counterfactual(table, do, size)`` for a generated data set."""
+    if name == "pendulum":
+        from causaldiffae.data.pendulum import true_counterfactual
+    elif name == "morphomnist":
+        from causaldiffae.data.morphomnist import true_counterfactual
+    else:
+        raise DataError(f"no simulator for {name!r}; known: {', '.join(GENERATORS)}")
+    return true_counterfactual
