@@ -1001,7 +1001,7 @@ def find_simulator(data_spec: Any, size: int | None = None) -> tuple[Callable, i
     ``morphomnist``), or the name of a generated set in the data cache. Returns
     ``(true_counterfactual, native_size, generator_name)``.
     """
-    from causaldiffae.data.generate import GENERATORS, data_cache_dir
+    from causaldiffae.data.generate import GENERATORS, data_cache_dir, true_counterfactual_function
 
     s = str(data_spec)
     folder = Path(s)
@@ -1015,10 +1015,7 @@ def find_simulator(data_spec: Any, size: int | None = None) -> tuple[Callable, i
     except (json.JSONDecodeError, OSError) as e:
         raise DataError(f"{meta} is not readable JSON: {e}") from None
     name = params.get("generator") if isinstance(params, dict) else None
-    if name == "pendulum":
-        from causaldiffae.data.pendulum import true_counterfactual
-    elif name == "morphomnist":
-        from causaldiffae.data.morphomnist import true_counterfactual
-    else:
+    if name not in GENERATORS:
         raise DataError(f"{meta} names an unknown generator {name!r}; known: {', '.join(GENERATORS)}")
+    true_counterfactual = true_counterfactual_function(name)
     return true_counterfactual, int(params.get("size") or size or 32), name

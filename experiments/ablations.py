@@ -1,0 +1,243 @@
+"""The evaluation experiments of docs/results.md, each one resumable command.
+
+    python experiments/ablations.py fraction --data pendulum --steps 600 --out runs/ablation
+    python experiments/ablations.py strength --run runs/pendulum --data pendulum --out runs/strength
+    python experiments/ablations.py recon-steps --run runs/pendulum --data pendulum --out runs/recon
+    python experiments/ablations.py baselines --run runs/pendulum --diffae runs/pendulum-diffae --data pendulum --out runs/baselines
+
+``fraction`` trains CausalDiffAE with label_fraction in {0.01, 0.1, 0.5, 1.0} (and the Diff-AE
+baseline at 1.0) with the same budget (``--steps``), each run resumable (a finished run is not
+retrained), then scores every run. ``strength`` sweeps the guidance weight w; ``recon-steps``
+writes the invert-then-decode table against the number of DDIM steps; ``baselines`` compares
+CausalDiffAE (DDIM abduction), the reference procedure (forward-noising abduction) and Diff-AE.
+Each writes ``results.csv`` (pandas), a Markdown table and, where it helps, a plot (matplotlib)
+into ``--out``. ``--gpu`` uses the larger model preset and budget for a machine with a GPU.
+
+Scores (on ``--n`` held-out images, every node intervened on once, each image taking another
+image's value): effectiveness MAE of the intervened node / its descendants / the others
+(anti-causal predictors, in normalised label units; intended values from the data set's simulator),
+ground-truth pixel MAE (0-255) and SSIM against the simulator's true counterfactuals,
+invert-then-decode MSE/SSIM at ``--steps-eval`` DDIM steps, and composition (null intervention,
+1 and 10 cycles, L1 0-255).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from causaldiffae import counterfactual as cf  # noqa: E402
+from causaldiffae import metrics  # noqa: E402
+
+FRACTIONS = (0.01, 0.1, 0.5, 1.0)
+STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+def _data(model, spec: str, n: int, seed: int = 0):
+    from causaldiffae.data import open_dataset
+
+    ds = open_dataset(spec, model.graph.label_columns, size=model.image_shape[1], split="test")
+    sim = metrics.find_simulator(spec, size=model.image_shape[1])
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(ds), size=min(n, len(ds)), replace=False))
+    sub = ds.subset(idx)
+    images, labels = sub.batch(np.arange(len(sub)))
+    table = metrics._table_for(model.graph, labels, sub.extra)
+    return images, labels, table, sim
+
+
+def _predictors(path: Path, model, spec: str):
+    """Anti-causal predictors at ``path``, trained on the data's train split first if missing."""
+    from causaldiffae.data import open_dataset
+    from causaldiffae.predictors import load_predictors, train_predictors
+
+    if not path.exists():
+        ds = open_dataset(spec, model.graph.label_columns, size=model.image_shape[1], split="train")
+        train_predictors(model.graph, ds, path, progress=True)
+    return load_predictors(path)
+
+
+def score(model, images, labels, table, sim, predictors, steps: int = 20, strength: float = 1.0,
+          abduction: str = "ddim", composition: bool = True) -> dict[str, Any]:
+    """The scores described in the module docstring, as one flat dict."""
+    simulator, size, _ = sim
+    row: dict[str, Any] = {}
+    effs, gts = [], []
+    for do in metrics.default_interventions(model.graph, labels, seed=0):
+        res = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, abduction=abduction)
+        effs.append(metrics.effectiveness(model, predictors, images, do, labels=labels, simulator=simulator, table=table,
+                                          counterfactuals=res))
+        gts.append(metrics.ground_truth_error(model, images, table, do, simulator, size=size, counterfactuals=res))
+        (node,) = do
+        row[f"mae_{node}"] = effs[-1]["intervened"]
+    for key in ("intervened", "descendants", "non_descendants"):
+        vals = [e[key] for e in effs if e.get(key) is not None]
+        row[f"eff_{key}"] = float(np.mean(vals)) if vals else None
+    row["gt_mae_255"] = float(np.mean([g["mae_255"] for g in gts]))
+    row["gt_ssim"] = float(np.mean([g["ssim"] for g in gts]))
+    rec = cf.counterfactual(model, images, do={}, steps=steps, abduction=abduction).images
+    row["recon_mse"] = float(metrics.mse(rec, images).mean())
+    row["recon_ssim"] = float(metrics.ssim(rec, images).mean())
+    if composition and abduction == "ddim":
+        comp = metrics.composition(model, images, cycles=(1, 10), steps=steps)
+        row.update({f"composition_l1_{k}": v for k, v in comp["l1"].items()})
+    return row
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub Markdown table of ``df`` (numbers rounded to ``digits``)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "-" if np.isnan(v) else f"{v:.{digits}f}"
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _write(rows: list[dict], out: Path, title: str, index: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(f"## {title}\n\n" + markdown_table(df) + "\n")
+    print(df.to_string(index=False))
+    return df
+
+
+def _plot(df: pd.DataFrame, x: str, ys: list[str], path: Path, logx: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ys), figsize=(3.2 * len(ys), 2.8))
+    for ax, y in zip(np.atleast_1d(axes), ys):
+        for key, g in df.groupby("model") if "model" in df else [("", df)]:
+            ax.plot(g[x], g[y], marker="o", label=key)
+        ax.set_xlabel(x), ax.set_title(y, fontsize=9)
+        if logx:
+            ax.set_xscale("log")
+    if "model" in df:
+        np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print("wrote", path)
+
+
+def cmd_fraction(a) -> None:
+    from causaldiffae.checkpoint import load_checkpoint
+    from causaldiffae.model import CausalDiffAE
+    from causaldiffae.pipeline import fit
+
+    out = Path(a.out)
+    rows = []
+    jobs = [("causal", f) for f in FRACTIONS] + [("diffae", 1.0)]
+    for variant, frac in jobs:
+        run = out / a.data / f"{variant}-{frac:g}"
+        done = (run / "checkpoint.safetensors").exists() and load_checkpoint(run)[1].get("step", 0) >= a.steps
+        if not done:
+            kw: dict[str, Any] = {"steps": a.steps, "label_fraction": frac, "variant": variant}
+            if a.batch_size:
+                kw["batch_size"] = a.batch_size
+            fit(a.graph or a.data, a.data, run, resume=(run / "checkpoint.safetensors").exists(), progress=True, **kw)
+        model, _ = CausalDiffAE.load(run)
+        images, labels, table, sim = _data(model, a.data, a.n)
+        row = {"model": variant, "label_fraction": frac, "steps": a.steps}
+        row.update(score(model, images, labels, table, sim, _predictors(out / a.data / "predictors.safetensors", model, a.data), steps=a.steps_eval,
+                         composition=False))
+        rows.append(row)
+        _write(rows, out / a.data, f"Label fraction ({a.data}, {a.steps} steps per run)", ["model", "label_fraction"])
+    df = pd.DataFrame(rows)
+    _plot(df, "label_fraction", ["eff_intervened", "eff_descendants", "gt_ssim", "recon_ssim"], out / a.data / "fraction.png", logx=True)
+
+
+def cmd_strength(a) -> None:
+    from causaldiffae.model import CausalDiffAE
+
+    rows = []
+    for run in a.run:
+        model, meta = CausalDiffAE.load(run)
+        images, labels, table, sim = _data(model, a.data, a.n)
+        pred = _predictors(Path(run) / "predictors.safetensors", model, a.data)
+        frac = meta["config"]["train"]["label_fraction"]
+        for w in STRENGTHS:
+            row = {"model": f"{Path(run).name} (labels {frac:g})", "strength": w}
+            row.update(score(model, images, labels, table, sim, pred, steps=a.steps_eval, strength=w, composition=False))
+            rows.append(row)
+            _write(rows, Path(a.out), f"Intervention strength ({a.data})", ["model", "strength"])
+    _plot(pd.DataFrame(rows), "strength", ["eff_intervened", "eff_descendants", "gt_ssim"], Path(a.out) / "strength.png")
+
+
+def cmd_recon_steps(a) -> None:
+    from causaldiffae.model import CausalDiffAE
+
+    model, _ = CausalDiffAE.load(a.run)
+    images, *_ = _data(model, a.data, a.n)
+    df = metrics.reconstruction(model, images, steps=(10, 20, 50, 100))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    df.to_csv(Path(a.out) / "results.csv", index=False)
+    (Path(a.out) / "results.md").write_text(markdown_table(df, 4) + "\n")
+    print(df.to_string(index=False))
+
+
+def cmd_baselines(a) -> None:
+    from causaldiffae.model import CausalDiffAE
+
+    rows = []
+    entries = [("CausalDiffAE (DDIM abduction)", a.run, "ddim"), ("reference (noise abduction)", a.run, "noise")]
+    if a.diffae:
+        entries.append(("Diff-AE (no mechanisms)", a.diffae, "ddim"))
+    for name, run, abduction in entries:
+        model, _ = CausalDiffAE.load(run)
+        images, labels, table, sim = _data(model, a.data, a.n)
+        row = {"model": name}
+        row.update(score(model, images, labels, table, sim, _predictors(Path(a.run) / "predictors.safetensors", model, a.data), steps=a.steps_eval,
+                         strength=a.strength, abduction=abduction, composition=abduction == "ddim"))
+        rows.append(row)
+        _write(rows, Path(a.out), f"Baselines ({a.data})", ["model"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fraction")
+    f.add_argument("--data", required=True, help="a generated data set (pendulum, morphomnist) or its folder")
+    f.add_argument("--graph", help="graph (default: the shipped graph named like the data)")
+    f.add_argument("--steps", type=int, default=600, help="training steps per run (the budget)")
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--out", default="runs/ablation")
+    s = sub.add_parser("strength")
+    s.add_argument("--run", nargs="+", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", default="runs/strength")
+    r = sub.add_parser("recon-steps")
+    r.add_argument("--run", required=True)
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", default="runs/recon")
+    b = sub.add_parser("baselines")
+    b.add_argument("--run", required=True)
+    b.add_argument("--diffae")
+    b.add_argument("--data", required=True)
+    b.add_argument("--strength", type=float, default=1.0)
+    b.add_argument("--out", default="runs/baselines")
+    for q in (f, s, r, b):
+        q.add_argument("--n", type=int, default=64, help="held-out images scored")
+        q.add_argument("--steps-eval", type=int, default=20, help="DDIM steps of every query")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    {"fraction": cmd_fraction, "strength": cmd_strength, "recon-steps": cmd_recon_steps, "baselines": cmd_baselines}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
