@@ -130,19 +130,26 @@ def load_folder(folder: str | os.PathLike, columns: Sequence[str], size: int | N
     return ImageLabelDataset(np.stack(images), labels, columns, extra=extra.reset_index(drop=True))
 
 
+def _open_npz(path: Path, keys: Sequence[str], what: str, missing: str):
+    """Open an ``.npz`` without pickles; DataError when absent, unreadable or lacking one of ``keys``
+    (``missing`` is formatted with ``key``; the arrays present are appended)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except (ValueError, OSError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    for key in keys:
+        if key not in data:
+            raise DataError(missing.format(key=key) + f" (arrays present: {list(data.keys())})")
+    return data
+
+
 def load_npz(path: str | os.PathLike, columns: Sequence[str], size: int | None = None) -> ImageLabelDataset:
     """An ``.npz`` with ``images`` (N, H, W[, C]) and ``labels`` (N, n); an optional ``columns``
     array names the label columns (else they are taken in the given node order)."""
     path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"data file {path} does not exist") from None
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    for key in ("images", "labels"):
-        if key not in data:
-            raise DataError(f"{path} has no {key!r} array; arrays present: {list(data.keys())}")
+    data = _open_npz(path, ("images", "labels"), "data file", f"{path} has no {{key!r}} array")
     labels = np.asarray(data["labels"])
     if not np.issubdtype(labels.dtype, np.number):
         raise DataError(f"{path}: 'labels' must be numeric, got dtype {labels.dtype}")
@@ -166,15 +173,8 @@ def load_causal_circuit(path: str | os.PathLike, size: int | None = None, column
     also stores the pair).
     """
     path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"CausalCircuit file {path} does not exist") from None
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    for key in ("original_latents", "imgs"):
-        if key not in data:
-            raise DataError(f"{path} is not in CausalCircuit's layout: no {key!r} array (arrays: {list(data.keys())})")
+    data = _open_npz(path, ("original_latents", "imgs"), "CausalCircuit file",
+                     f"{path} is not in CausalCircuit's layout: no {{key!r}} array")
     lat = np.asarray(data["original_latents"], dtype=np.float32)
     if lat.ndim != 3 or lat.shape[1:] != (2, 4):
         raise DataError(f"{path}: 'original_latents' should be (N, 2, 4), got {lat.shape}")
