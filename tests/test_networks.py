@@ -99,7 +99,7 @@ def test_fast_inference_matches_eager(mode: str) -> None:
     x, t, z = torch.randn(5, 3, 16, 16), torch.randint(0, 1000, (5,)), torch.randn(5, 4)
     ref = unet(x, t, z).detach()
     fast = FastUNet(unet, mode=mode)
-    assert fast.mode == ("jit" if mode == "auto" else mode)
+    assert fast.mode == ("channels_last" if mode == "auto" else mode)
     for cond, mask in ((z, None), (None, None), (z, torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool))):
         out = fast(x, t, cond, mask)
         expected = unet(x, t, cond, mask).detach()
