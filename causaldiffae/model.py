@@ -30,6 +30,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.kl import kl_divergence
+from pyro.distributions.torch_distribution import MaskedDistribution
 from torch import nn
 
 from causaldiffae.diffusion import NoiseSchedule
@@ -249,10 +250,11 @@ class CausalDiffAE(nn.Module):
             if name.startswith("u_"):
                 kl = kl + kl_divergence(guide_tr.nodes[name]["fn"], site["fn"])
             elif name.startswith("y_") and site["is_observed"] and not site["infer"].get("_deterministic"):
-                fn = site["fn"]
+                fn, mask = site["fn"], site["mask"]
+                if isinstance(fn, MaskedDistribution):  # missing labels: the mask lives in the distribution
+                    fn, mask = fn.base_dist, fn._mask if mask is None else mask & fn._mask
                 d = site["value"].shape[-1]
                 nll = -fn.log_prob(site["value"]) - 0.5 * d * math.log(2 * math.pi)  # = 0.5 ||y~ - z||^2
-                mask = site["mask"]
                 label = label + (nll * mask if isinstance(mask, torch.Tensor) else nll)
         cfg = self.config
         loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label)

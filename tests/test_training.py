@@ -213,3 +213,24 @@ def test_train_command_on_a_folder_of_grey_images(tmp_path):
     assert model.image_shape == (1, 16, 16)
     assert all(model.graph.has_normalisation(n) for n in model.graph.nodes)  # estimated from the labels
     assert model.sample(2, steps=2).images.shape == (2, 1, 16, 16)
+
+
+def test_label_term_counts_only_present_labels():
+    """Missing labels add nothing to the label term (not the Gaussian's constant); present ones add 0.5 ||y~ - z||^2 >= 0."""
+    import pyro
+
+    model = CausalDiffAE(tiny_graph(), tiny_run_config().model).train()
+    ds = tiny_dataset(8)
+    images, labels = ds.batch(np.arange(8))
+    partial = labels.clone()
+    partial[:4] = float("nan")
+
+    def terms(y):
+        pyro.set_rng_seed(0)
+        torch.manual_seed(0)
+        return model.loss_terms(images, y)
+
+    full, half, none = terms(labels), terms(partial), terms(torch.full_like(labels, float("nan")))
+    assert none["label"].item() == 0.0
+    assert 0.0 < half["label"].item() < full["label"].item()
+    assert half["labelled"].item() == pytest.approx(0.5)
