@@ -170,7 +170,7 @@ def _cf_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files")
     src.add_argument("--data", help="data folder / .npz / generated name to draw images from")
-    p.add_argument("--n", type=int, default=16, help="images to take from --data")
+    p.add_argument("--n", type=int, default=16, help="images to take from --data (a random pick of its test split, set by --seed)")
     p.add_argument("--resize", action="store_true", help="convert and resize --images to the model's size and channels")
     p.add_argument("--do", action="append", default=[], metavar="NODE=VALUE", help="set (light=120) or shift (angle=+10); repeatable")
     p.add_argument("--strength", type=float, default=1.0, help="guidance weight w (1: plain conditional; >1 stronger)")

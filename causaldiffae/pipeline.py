@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from causaldiffae.checkpoint import atomic_write_text, load_checkpoint
@@ -169,7 +170,9 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
         from causaldiffae.data import open_dataset
 
         ds = open_dataset(args.data, model.graph.label_columns, size=model.image_shape[1], split="test")
-        images, _ = ds.batch(torch.arange(min(args.n, len(ds))))
+        # a seeded random pick: generated sets are stored in grid order, so the first rows are near-duplicates
+        pick = np.sort(np.random.default_rng(args.seed).choice(len(ds), size=min(args.n, len(ds)), replace=False))
+        images, _ = ds.batch(pick)
     model.check_images(images, what=f"images from {args.images[0] if args.images else args.data}")
     cf.check_do(model, do, images.shape[0], value_range)
     affected = model.scm.affected(do) if do else []
