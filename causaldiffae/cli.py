@@ -176,6 +176,7 @@ def _cf_parser(sub) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="guidance weight w (1: plain conditional; >1 stronger)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps for inversion and decoding")
     p.add_argument("--abduction", choices=["ddim", "noise"], default="ddim")
+    p.add_argument("--refine", type=int, default=0, help="fixed-point corrections per DDIM inversion step (exacter abduction, slower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -291,6 +292,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="images to evaluate")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps of each counterfactual")
     p.add_argument("--strength", type=float, default=1.0, help="guidance weight w")
+    p.add_argument("--refine", type=int, default=0, help="fixed-point corrections per DDIM inversion step in every query")
     p.add_argument("--recon-steps", type=int, nargs="+", default=[10, 20, 50, 100], help="step counts of the reconstruction table")
     p.add_argument("--cycles", type=int, nargs="+", default=[1, 10], help="composition: report L1 after these numbers of null interventions")
     p.add_argument("--reversibility-cycles", type=int, default=5)
@@ -334,7 +336,7 @@ def _evaluate(args) -> int:
         model, dataset, predictors=predictors, simulator=simulator, n=args.n, steps=args.steps, strength=args.strength,
         recon_steps=args.recon_steps, composition_cycles=args.cycles, reversibility_cycles=args.reversibility_cycles,
         intended=args.intended, simulator_size=sim_size, dowhy_mechanisms=args.dowhy, metrics=metrics, seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress, refine=args.refine,
     )
     results = {"run": str(args.run), "data": str(args.data), "split": args.split,
                "predictors": str(ppath) if predictors is not None else None,

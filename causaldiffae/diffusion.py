@@ -159,13 +159,20 @@ class NoiseSchedule:
         return x.clone()
 
     def ddim_invert(self, model: EpsModel, x0: Tensor, cond: Tensor | None, steps: int = 50,
-                    progress: bool = False, clip: bool = True) -> Tensor:
+                    progress: bool = False, clip: bool = True, refine: int = 0) -> Tensor:
         """Diff-AE's stochastic encoder: deterministic DDIM run forward in time, ``x_0`` -> ``x_T``.
 
         ``x0`` ``(B, C, H, W)``, ``cond`` ``(B, D)`` or ``None`` -> ``x_T`` ``(B, C, H, W)`` in ``steps``
         model calls; the exact mirror of :func:`ddim_sample` with ``eta = 0``: from the state at ``s``
         (the clean image, then each DDIM timestep) with ``eps = eps_theta(x_s, s, z)``,
         ``x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t) eps`` (with the same ``clip`` as decoding).
+
+        That step evaluates the network at ``s`` where decoding will evaluate it at ``t``, so
+        decode(invert(x)) misses x by a small error that repeated cycles compound. ``refine = k``
+        corrects each step ``k`` times towards the exact inverse of the decoding step ``D``:
+        ``x_t <- x_t + sqrt(a_t / a_s) (x_s - D(x_t))`` (a fixed-point iteration; ``sqrt(a_s / a_t)``
+        is D's slope in ``x_t`` when the network's output is held fixed). Each costs one more network
+        call per step.
         """
         ts, wrap = self._steps( steps, progress, "DDIM invert")
         with torch.no_grad():
@@ -177,8 +184,17 @@ class NoiseSchedule:
                 eps = guided_eps(model, x, s, cond, 1.0).float()
                 x_hat = (x - (1 - a_s).sqrt() * eps) / a_s.sqrt()
                 x_hat, eps = self._clip(x, x_hat, eps, a_s, clip)
-                x = a_t.sqrt() * x_hat + (1 - a_t).sqrt() * eps
+                x_s, x = x, a_t.sqrt() * x_hat + (1 - a_t).sqrt() * eps
+                for _ in range(refine):
+                    x = x + (a_t / a_s).sqrt() * (x_s - self._ddim_step(model, x, ts[i], a_t, a_s, cond, clip))
         return x.clone()
+
+    def _ddim_step(self, model: EpsModel, x: Tensor, t: int, a_t: Tensor, a_s: Tensor, cond: Tensor | None,
+                   clip: bool) -> Tensor:
+        """One deterministic decoding step ``x_t -> x_s`` (guidance 1), as in :meth:`ddim_sample`."""
+        eps = guided_eps(model, x, t, cond, 1.0).float()
+        x0, eps = self._clip(x, (x - (1 - a_t).sqrt() * eps) / a_t.sqrt(), eps, a_t, clip)
+        return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(kind={self.kind!r}, num_timesteps={self.num_timesteps})"

@@ -102,7 +102,7 @@ def _mean(x) -> float:
 # reconstruction
 # ----------------------------------------------------------------------------------------------
 def reconstruction(model, images: torch.Tensor, steps: Sequence[int] = (10, 20, 50, 100), max_batch: int = 64,
-                   progress: bool = False) -> pd.DataFrame:
+                   progress: bool = False, refine: int = 0) -> pd.DataFrame:
     """Reconstruction quality of DDIM inversion followed by DDIM decoding, for each step count.
 
     Returns a DataFrame with one row per step count and the columns ``steps``, ``mse`` and ``psnr``
@@ -113,7 +113,7 @@ def reconstruction(model, images: torch.Tensor, steps: Sequence[int] = (10, 20, 
     model.check_images(images)
     rows = []
     for s in tqdm(list(steps), desc="reconstruction", disable=not progress, leave=False):
-        rec = cf.reconstruct(model, images, steps=int(s), max_batch=max_batch).cpu()
+        rec = cf.reconstruct(model, images, steps=int(s), max_batch=max_batch, refine=refine).cpu()
         x = images.cpu()
         rows.append({"steps": int(s), "mse": _mean(mse(rec, x)), "psnr": _mean(psnr(rec, x)),
                      "ssim": _mean(ssim(rec, x)), "l1_255": _mean(l1_255(rec, x))})
@@ -410,7 +410,7 @@ def effectiveness(
 # composition and reversibility
 # ----------------------------------------------------------------------------------------------
 def composition(model, images: torch.Tensor, cycles: Sequence[int] = (1, 10), steps: int = 20, max_batch: int = 64,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, refine: int = 0) -> dict[str, Any]:
     """Composition: apply the null intervention (abduct, then decode with the unchanged latents)
     repeatedly, each time from the previous output; the mean L1 distance (0-255) to the input
     after each number of cycles in ``cycles``.
@@ -427,7 +427,7 @@ def composition(model, images: torch.Tensor, cycles: Sequence[int] = (1, 10), st
     x = images
     out: dict[str, float] = {}
     for k in tqdm(range(1, cycles[-1] + 1), desc="composition", disable=not progress, leave=False):
-        x = cf.reconstruct(model, x, steps=steps, max_batch=max_batch)
+        x = cf.reconstruct(model, x, steps=steps, max_batch=max_batch, refine=refine)
         if k in cycles:
             out[str(k)] = _mean(l1_255(x.cpu(), x0))
     return {"cycles": cycles, "steps": steps, "l1": out}
@@ -435,7 +435,7 @@ def composition(model, images: torch.Tensor, cycles: Sequence[int] = (1, 10), st
 
 def reversibility(model, images: torch.Tensor, do: Mapping[str, Any], cycles: int = 5, steps: int = 20,
                   strength: float = 1.0, original: torch.Tensor | None = None, max_batch: int = 64,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, refine: int = 0) -> dict[str, Any]:
     """Reversibility: intervene with ``do``, then set the same nodes back to their original values;
     repeat ``cycles`` times, each cycle starting from the previous cycle's output; the mean L1
     distance (0-255) to the input after each cycle.
@@ -460,8 +460,8 @@ def reversibility(model, images: torch.Tensor, do: Mapping[str, Any], cycles: in
     x0, x = images.cpu(), images
     l1 = []
     for _ in tqdm(range(cycles), desc="reversibility", disable=not progress, leave=False):
-        x = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch).images
-        x = cf.counterfactual(model, x, do=back, strength=strength, steps=steps, max_batch=max_batch).images
+        x = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine).images
+        x = cf.counterfactual(model, x, do=back, strength=strength, steps=steps, max_batch=max_batch, refine=refine).images
         l1.append(_mean(l1_255(x.cpu(), x0)))
     return {"do": list(do), "cycles": int(cycles), "steps": steps, "l1": l1}
 
@@ -720,6 +720,7 @@ def evaluate(
     seed: int = 0,
     max_batch: int = 64,
     progress: bool = True,
+    refine: int = 0,
 ) -> dict[str, Any]:
     """Run every metric that applies on ``n`` images of ``dataset``; a JSON-safe dict.
 
@@ -739,6 +740,8 @@ def evaluate(
         dowhy_mechanisms: "auto" or "linear" (see :func:`fit_dowhy_scm`).
         dowhy_table: the label table DoWhy's SCM is fitted on (default: all labels of ``dataset``).
         metrics: which of :data:`METRICS` to run.
+        refine: fixed-point corrections per DDIM inversion step in every query (see
+            :func:`causaldiffae.counterfactual.abduct`).
     """
     from tqdm.auto import tqdm
 
@@ -785,7 +788,7 @@ def evaluate(
     bar = tqdm(total=stages, desc="evaluate", disable=not progress, unit="stage")
     t0 = time.time()
     out: dict[str, Any] = {
-        "n": int(images.shape[0]), "steps": steps, "strength": strength, "nodes": graph.nodes, "seed": seed,
+        "n": int(images.shape[0]), "steps": steps, "strength": strength, "refine": refine, "nodes": graph.nodes, "seed": seed,
         "interventions": [do_label(d) for d in interventions],
     }
 
@@ -796,11 +799,11 @@ def evaluate(
         x = images.to(dev)
         if "reconstruction" in want:
             stage("reconstruction")
-            out["reconstruction"] = reconstruction(model, x, steps=recon_steps, max_batch=max_batch).to_dict(orient="records")
+            out["reconstruction"] = reconstruction(model, x, steps=recon_steps, max_batch=max_batch, refine=refine).to_dict(orient="records")
             bar.update()
         if "composition" in want:
             stage("composition")
-            out["composition"] = composition(model, x, cycles=composition_cycles, steps=steps, max_batch=max_batch)
+            out["composition"] = composition(model, x, cycles=composition_cycles, steps=steps, max_batch=max_batch, refine=refine)
             bar.update()
 
         source = intended
@@ -826,7 +829,7 @@ def evaluate(
             name = do_label(do)
             if needs_cf:
                 stage(f"counterfactual {name}")
-                res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch)
+                res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine)
                 truth = cf_table = None
                 if simulator is not None and ("ground_truth" in want or source == "simulator"):
                     truth, cf_table = true_counterfactual_images(model, table, do, simulator, size=simulator_size)
@@ -844,7 +847,7 @@ def evaluate(
             if "reversibility" in want:
                 stage(f"reversibility {name}")
                 rev[name] = reversibility(model, x, do, cycles=reversibility_cycles, steps=steps, strength=strength,
-                                          original=labels, max_batch=max_batch)
+                                          original=labels, max_batch=max_batch, refine=refine)
                 bar.update()
         if eff:
             out["effectiveness"] = {
@@ -925,7 +928,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
     """A Markdown report of :func:`evaluate`'s results: one table per metric."""
     r = results
-    lines = [f"# {title}", "", f"{r.get('n')} images, {r.get('steps')} DDIM steps, guidance {r.get('strength')}; "
+    refine = f", {r['refine']} inversion correction(s) per step" if r.get("refine") else ""
+    lines = [f"# {title}", "", f"{r.get('n')} images, {r.get('steps')} DDIM steps{refine}, guidance {r.get('strength')}; "
              f"interventions: {', '.join(r.get('interventions', [])) or '(none)'}.", ""]
     if "reconstruction" in r:
         lines += ["## Reconstruction (DDIM invert + decode)", "", "| steps | MSE | PSNR (dB) | SSIM | L1 (0-255) |", "|---:|---:|---:|---:|---:|"]

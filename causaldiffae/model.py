@@ -331,11 +331,11 @@ class CausalDiffAE(nn.Module):
 
         return cf.sample(self, n, do=do, strength=strength, steps=steps, **kw)
 
-    def reconstruct(self, images: torch.Tensor, steps: int = 20) -> torch.Tensor:
+    def reconstruct(self, images: torch.Tensor, steps: int = 20, **kw: Any) -> torch.Tensor:
         """See :func:`causaldiffae.counterfactual.reconstruct`."""
         from causaldiffae import counterfactual as cf
 
-        return cf.reconstruct(self, images, steps=steps)
+        return cf.reconstruct(self, images, steps=steps, **kw)
 
     def decode(self, x_T: torch.Tensor, z: torch.Tensor, strength: float = 1.0, steps: int = 20) -> torch.Tensor:
         """DDIM-decode ``x_T`` ``(B, C, H, W)`` under latents ``z`` ``(B, D)``."""

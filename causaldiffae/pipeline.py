@@ -180,14 +180,16 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
           f"left as they were: {', '.join(n for n in model.graph.nodes if n not in affected) or '(none)'}")
     with _Staging(args.out) as tmp:
         res = cf.counterfactual(model, images.to(args.device), do=do, strength=args.strength, steps=args.steps,
-                                abduction=args.abduction, seed=args.seed, progress=True, value_range=value_range)
+                                abduction=args.abduction, seed=args.seed, progress=True, value_range=value_range,
+                                refine=args.refine)
         cf.save_images(res.images, tmp / "images", prefix="counterfactual")
         cf.difference_grid(res, tmp / "grid.png")
         res.to_dataframe().to_csv(tmp / "labels.csv", index=False)
         render(model.graph, tmp / "graph.png", intervened=list(do))
         atomic_write_text(tmp / "query.json", json.dumps({
             "run": str(args.run), "do": {k: ("shift" if callable(v) else v) for k, v in do.items()},
-            "strength": args.strength, "steps": args.steps, "abduction": args.abduction, "affected": affected}, indent=2))
+            "strength": args.strength, "steps": args.steps, "abduction": args.abduction, "refine": args.refine,
+            "affected": affected}, indent=2))
     print(f"wrote {args.out}/grid.png, {args.out}/labels.csv, {args.out}/graph.png and {res.images.shape[0]} images")
     return 0
 

@@ -132,6 +132,26 @@ def test_inversion_reconstructs_and_forward_noising_does_not() -> None:
     assert err_noised > 0.5 and err_noised > 10 * errs[100]
 
 
+
+def test_refined_inversion_is_the_inverse_of_decoding() -> None:
+    """Fixed-point corrections make decode(invert(x)) reproduce x: the 20-step round-trip RMSE
+    shrinks with every correction (measured 0.109, 0.017, 0.004, 0.001 for 0-3 corrections) and
+    three round trips in a row stay far below one uncorrected trip (measured 0.0034)."""
+    torch.manual_seed(0)
+    s = NoiseSchedule()
+    model = RandomDenoiser(s)
+    x0, z = smooth_images(2), torch.randn(2, 3)
+
+    def rmse(a: torch.Tensor) -> float:
+        return (a - x0).pow(2).mean().sqrt().item()
+
+    errs = [rmse(s.ddim_sample(model, s.ddim_invert(model, x0, z, 20, refine=k), z, 20)) for k in (0, 1, 3)]
+    assert errs[1] < errs[0] / 4 and errs[2] < errs[1] / 4
+    x = x0
+    for _ in range(3):
+        x = s.ddim_sample(model, s.ddim_invert(model, x, z, 20, refine=3), z, 20)
+    assert rmse(x) < errs[0] / 10
+
 def test_clipping_keeps_an_imperfect_network_in_the_data_range() -> None:
     """At the end of the chain x0_hat multiplies the network's error by 1/sqrt(alpha_bar) (~150):
     unclipped, a network that is slightly off leaves the data range; clipped, decoding stays in it."""
