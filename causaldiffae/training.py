@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 from pyro.poutine.messenger import Messenger
@@ -473,7 +474,8 @@ def write_sample_grid(model: CausalDiffAE, dataset, path: Path, steps: int = 20,
 
     was_training = model.training
     model.eval()
-    images, labels = dataset.batch(torch.arange(min(n, len(dataset))))
+    # evenly spread over the data set: generated sets are stored in grid order, so the first rows are near-duplicates
+    images, labels = dataset.batch(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(np.int64))
     images = images.to(next(model.parameters()).device)
     rows = [images, cf.reconstruct(model, images, steps=steps), cf.sample(model, images.shape[0], steps=steps, seed=seed).images]
     names = ["input", "reconstruction", "sample"]
