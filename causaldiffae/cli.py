@@ -357,7 +357,8 @@ def _demo_parser(sub) -> None:
     p.add_argument("-o", "--out", default="demo", help="output folder for grid.png")
     p.add_argument("--n", type=int, default=6, help="scenes")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (inversion and decoding)")
-    p.add_argument("--strength", type=float, default=1.0, help="guidance weight w")
+    p.add_argument("--strength", type=float, default=2.0,
+                   help="guidance weight w (default 2: closest to the true counterfactuals in docs/results.md)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
