@@ -147,9 +147,7 @@ class NoiseSchedule:
             for i in wrap(range(len(ts) - 1, -1, -1)):
                 a_t = self.alpha_bar(ts[i], x)
                 a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(a_t)
-                eps = guided_eps(model, x, ts[i], cond, guidance).float()
-                x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-                x0, eps = self._clip(x, x0, eps, a_t, clip)
+                x0, eps = self._predict(model, x, ts[i], a_t, cond, guidance, clip)
                 if eta > 0 and i > 0:
                     sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
                     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -174,7 +172,9 @@ class NoiseSchedule:
         is D's slope in ``x_t`` when the network's output is held fixed). Each costs one more network
         call per step.
         """
-        ts, wrap = self._steps( steps, progress, "DDIM invert")
+        if refine < 0:
+            raise ConfigError(f"DDIM: refine must be >= 0, got {refine}")
+        ts, wrap = self._steps(steps, progress, "DDIM invert")
         with torch.no_grad():
             x = x0.float()
             for i in wrap(range(len(ts))):
@@ -186,15 +186,15 @@ class NoiseSchedule:
                 x_hat, eps = self._clip(x, x_hat, eps, a_s, clip)
                 x_s, x = x, a_t.sqrt() * x_hat + (1 - a_t).sqrt() * eps
                 for _ in range(refine):
-                    x = x + (a_t / a_s).sqrt() * (x_s - self._ddim_step(model, x, ts[i], a_t, a_s, cond, clip))
+                    x0_t, eps_t = self._predict(model, x, ts[i], a_t, cond, 1.0, clip)  # decoding's view of x_t
+                    x = x + (a_t / a_s).sqrt() * (x_s - (a_s.sqrt() * x0_t + (1 - a_s).sqrt() * eps_t))
         return x.clone()
 
-    def _ddim_step(self, model: EpsModel, x: Tensor, t: int, a_t: Tensor, a_s: Tensor, cond: Tensor | None,
-                   clip: bool) -> Tensor:
-        """One deterministic decoding step ``x_t -> x_s`` (guidance 1), as in :meth:`ddim_sample`."""
-        eps = guided_eps(model, x, t, cond, 1.0).float()
-        x0, eps = self._clip(x, (x - (1 - a_t).sqrt() * eps) / a_t.sqrt(), eps, a_t, clip)
-        return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+    def _predict(self, model: EpsModel, x: Tensor, t: int, a_t: Tensor, cond: Tensor | None, guidance: float,
+                 clip: bool) -> tuple[Tensor, Tensor]:
+        """The (clipped) clean-image estimate and its noise at ``x_t``: ``(x0_hat, eps)``, each like ``x``."""
+        eps = guided_eps(model, x, t, cond, guidance).float()
+        return self._clip(x, (x - (1 - a_t).sqrt() * eps) / a_t.sqrt(), eps, a_t, clip)
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(kind={self.kind!r}, num_timesteps={self.num_timesteps})"

@@ -392,7 +392,7 @@ class FastUNet(nn.Module):
             raise ConfigError(f"FastUNet: mode must be one of {_INFERENCE_MODES}, got {mode!r}")
         self.unet = unet.eval()
         self.config, self.cond_dim = unet.config, unet.cond_dim
-        self.requested_mode, self.mode, self.tol = mode, mode, tol
+        self.mode, self.tol = mode, tol
         self._fn: Any = unet.core
         self._channels_last = False
         if mode in ("channels_last", "auto"):

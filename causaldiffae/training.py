@@ -50,9 +50,6 @@ class TrainConfig:
         log_every: steps between JSON log lines in RUN/log.jsonl.
         sample_every: steps between PNG grids in RUN/samples (0 = off).
         sample_steps: DDIM steps for those grids.
-        channels_last: train the convolutional networks in NHWC memory format (the same numbers up
-            to float rounding). Off by default: the UNet alone trains 1.18x faster so, but the whole
-            training step measured the same (86 images/s either way on 2 cores, ``docs/benchmarks.md``).
     """
 
     steps: int = 20000
@@ -69,7 +66,6 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 2000
     sample_steps: int = 20
-    channels_last: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
@@ -386,8 +382,6 @@ def train(
 
     labelled = dataset.with_label_fraction(tc.label_fraction, seed=tc.seed) if tc.label_fraction < 1.0 else dataset
     model = build_model(graph, mc, seed=tc.seed).to(info.device)
-    fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)  # 4-d weights only; state_dict values (and so checkpoints) are unchanged
     ema = model.ema_copy()
     decay_params = [p for n, p in model.named_parameters() if p.ndim > 1]
     other_params = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -427,9 +421,8 @@ def train(
             sn = step_noise(step, tc.seed, len(labelled), tc.batch_size, model.image_shape, graph.latent_dim,
                             mc.timesteps, mc.p_uncond if mc.p_uncond > 0 else 0.0, info.rank, info.world)
             images, labels = labelled.batch(sn.indices)
-            images, labels = images.to(info.device, memory_format=fmt), labels.to(info.device)
-            sn = StepNoise(*(x.to(info.device, memory_format=fmt) if x.ndim == 4 else x.to(info.device)
-                             for x in dataclasses.astuple(sn)))
+            images, labels = images.to(info.device), labels.to(info.device)
+            sn = StepNoise(*(x.to(info.device) for x in dataclasses.astuple(sn)))
             terms = wrapped(images, labels, sn, tc.gamma(step))
             loss = terms["loss"]
             terms = {k: v.detach() for k, v in terms.items()}

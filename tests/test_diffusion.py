@@ -151,6 +151,8 @@ def test_refined_inversion_is_the_inverse_of_decoding() -> None:
     for _ in range(3):
         x = s.ddim_sample(model, s.ddim_invert(model, x, z, 20, refine=3), z, 20)
     assert rmse(x) < errs[0] / 10
+    with pytest.raises(ConfigError, match="refine must be >= 0, got -1"):
+        s.ddim_invert(model, x0, z, 20, refine=-1)
 
 def test_clipping_keeps_an_imperfect_network_in_the_data_range() -> None:
     """At the end of the chain x0_hat multiplies the network's error by 1/sqrt(alpha_bar) (~150):
