@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -33,8 +34,9 @@ from pyro.distributions.kl import kl_divergence
 from pyro.distributions.torch_distribution import MaskedDistribution
 from torch import nn
 
+from causaldiffae.checkpoint import load_checkpoint
 from causaldiffae.diffusion import NoiseSchedule
-from causaldiffae.errors import ConfigError, DataError
+from causaldiffae.errors import CheckpointError, ConfigError, DataError
 from causaldiffae.graph import CausalGraph
 from causaldiffae.networks import EncoderConfig, SemanticEncoder, UNet, UNetConfig
 from causaldiffae.scm import LatentSCM
@@ -297,8 +299,6 @@ class CausalDiffAE(nn.Module):
         Raises CheckpointError for a missing/corrupt file or, when ``graph`` is given, a checkpoint
         trained on another graph.
         """
-        from causaldiffae.training import load_model
-
         return load_model(run_or_checkpoint, graph=graph, device=device, ema=ema)
 
     def abduct(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", **kw: Any):
@@ -347,3 +347,72 @@ class CausalDiffAE(nn.Module):
         from causaldiffae import counterfactual as cf
 
         return cf.interpolate(self, image_a, image_b, n=n, steps=steps)
+
+
+# ---------------------------------------------------------------------------- building and loading
+def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def build_model(graph: CausalGraph, config: ModelConfig, seed: int = 0) -> CausalDiffAE:
+    """A freshly initialised model (initialisation seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CausalDiffAE(graph, config)
+
+
+def checkpoint_meta(graph: CausalGraph, run: Any, step: int, data: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint: step, graph, the run's config (``run.to_dict()``, a
+    :class:`~causaldiffae.training.RunConfig`), the data description and ``extra`` keys."""
+    return {
+        "step": step,
+        "graph": graph.to_dict(),
+        "config": run.to_dict(),
+        "data": dict(data),
+        **(dict(extra) if extra else {}),
+    }
+
+
+def load_model(
+    path: str | os.PathLike, graph: CausalGraph | None = None, device: str | torch.device = "cpu", ema: bool = True
+) -> tuple[CausalDiffAE, dict[str, Any]]:
+    """Load a trained model (EMA weights by default) from a run folder or checkpoint file.
+
+    Args:
+        path: run folder or ``.safetensors`` checkpoint.
+        graph: if given, the checkpoint's graph must match it (else CheckpointError).
+        device: where to put the model.
+        ema: load the EMA weights (used for sampling) rather than the raw ones.
+
+    Returns:
+        ``(model in eval mode, checkpoint metadata)``.
+    """
+    tensors, meta = load_checkpoint(path)
+    try:
+        saved_graph = CausalGraph.from_dict(meta["graph"])
+        model_config = ModelConfig.from_dict(meta["config"]["model"])  # the train section is not needed to load
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {e}") from e
+    if graph is not None:
+        assert_same_graph(saved_graph, graph, path)
+    model = CausalDiffAE(saved_graph, model_config)
+    prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
+    try:
+        model.load_state_dict(_prefixed(tensors, prefix))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model described in the checkpoint: {e}") from e
+    model.eval().requires_grad_(False)
+    return model.to(device), meta
+
+
+def assert_same_graph(saved: CausalGraph, given: CausalGraph, where: Any) -> None:
+    """Raise CheckpointError unless two graphs have the same nodes, edges and block sizes."""
+    a = (saved.nodes, sorted(saved.edges), saved.dims)
+    b = (given.nodes, sorted(given.edges), given.dims)
+    if a != b:
+        raise CheckpointError(
+            f"{where}: the checkpoint was trained on another graph "
+            f"(checkpoint: nodes {saved.nodes}, edges {sorted(saved.edges)}, dims {saved.dims}; "
+            f"given: nodes {given.nodes}, edges {sorted(given.edges)}, dims {given.dims})"
+        )

@@ -30,7 +30,15 @@ from tqdm.auto import tqdm
 from causaldiffae.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
 from causaldiffae.errors import CheckpointError, ConfigError, TrainingError
 from causaldiffae.graph import CausalGraph
-from causaldiffae.model import CausalDiffAE, ModelConfig
+from causaldiffae.model import (  # noqa: F401  (build_model, checkpoint_meta, load_model: their home is model.py)
+    CausalDiffAE,
+    ModelConfig,
+    _prefixed,
+    assert_same_graph,
+    build_model,
+    checkpoint_meta,
+    load_model,
+)
 
 
 @dataclass
@@ -222,66 +230,12 @@ def model_tensors(model: CausalDiffAE, ema: CausalDiffAE | None, optimizer: torc
     return out
 
 
-def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    n = len(prefix)
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def _optim_state(tensors: Mapping[str, torch.Tensor], param_groups: list[dict]) -> dict:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in _prefixed(tensors, "optim.").items():
         pid, name = k.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
     return {"state": state, "param_groups": param_groups}
-
-
-def build_model(graph: CausalGraph, config: ModelConfig, seed: int = 0) -> CausalDiffAE:
-    """A freshly initialised model (initialisation seeded)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CausalDiffAE(graph, config)
-
-
-def checkpoint_meta(graph: CausalGraph, run: RunConfig, step: int, data: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "step": step,
-        "graph": graph.to_dict(),
-        "config": run.to_dict(),
-        "data": dict(data),
-        **(dict(extra) if extra else {}),
-    }
-
-
-def load_model(
-    path: str | os.PathLike, graph: CausalGraph | None = None, device: str | torch.device = "cpu", ema: bool = True
-) -> tuple[CausalDiffAE, dict[str, Any]]:
-    """Load a trained model (EMA weights by default) from a run folder or checkpoint file.
-
-    Args:
-        path: run folder or ``.safetensors`` checkpoint.
-        graph: if given, the checkpoint's graph must match it (else CheckpointError).
-        device: where to put the model.
-        ema: load the EMA weights (used for sampling) rather than the raw ones.
-
-    Returns:
-        ``(model in eval mode, checkpoint metadata)``.
-    """
-    tensors, meta = load_checkpoint(path)
-    try:
-        saved_graph = CausalGraph.from_dict(meta["graph"])
-        run = RunConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {e}") from e
-    if graph is not None:
-        assert_same_graph(saved_graph, graph, path)
-    model = CausalDiffAE(saved_graph, run.model)
-    prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
-    try:
-        model.load_state_dict(_prefixed(tensors, prefix))
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model described in the checkpoint: {e}") from e
-    model.eval().requires_grad_(False)
-    return model.to(device), meta
 
 
 def export_model(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "float16") -> Path:
@@ -298,18 +252,6 @@ def export_model(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, d
     weights = {f"ema.{k}": (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in _prefixed(tensors, prefix).items()}
     meta["exported"] = {"from": str(run_or_checkpoint), "dtype": dtype, "step": meta.get("step")}
     return save_checkpoint(out, weights, meta)
-
-
-def assert_same_graph(saved: CausalGraph, given: CausalGraph, where: Any) -> None:
-    """Raise CheckpointError unless two graphs have the same nodes, edges and block sizes."""
-    a = (saved.nodes, sorted(saved.edges), saved.dims)
-    b = (given.nodes, sorted(given.edges), given.dims)
-    if a != b:
-        raise CheckpointError(
-            f"{where}: the checkpoint was trained on another graph "
-            f"(checkpoint: nodes {saved.nodes}, edges {sorted(saved.edges)}, dims {saved.dims}; "
-            f"given: nodes {given.nodes}, edges {sorted(given.edges)}, dims {given.dims})"
-        )
 
 
 # ---------------------------------------------------------------------------- the loop

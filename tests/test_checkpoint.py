@@ -86,3 +86,16 @@ def test_exported_model_is_small_loads_and_gives_the_same_images(tiny_run, tmp_p
     out.rename(run / "checkpoint.safetensors")
     with pytest.raises(CheckpointError, match="exported .inference-only. model"):
         train(tiny_graph(), tiny_dataset(8), run, resume=True, progress=False)
+
+
+def test_loading_a_model_does_not_import_training(tiny_run):
+    # model.py owns building and loading; the training loop (and its DDP imports) is not needed to load.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom causaldiffae.model import CausalDiffAE\n"
+            f"m, meta = CausalDiffAE.load({str(tiny_run)!r})\n"
+            "assert 'causaldiffae.training' not in sys.modules, sorted(sys.modules)\nprint(meta['step'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 from pathlib import Path
 
 import networkx as nx
@@ -32,9 +31,18 @@ def test_shipped_graphs_structure_and_normalisation():
     assert c.descendants("arm") == ["blue", "green", "red"] and c.ancestors("red") == ["arm", "blue", "green"]
     a = c.adjacency()
     assert a.shape == (4, 4) and a.sum() == 5 and a[c.index("blue"), c.index("red")] == 1 and a[3].sum() == 0
-    for name in SHIPPED:  # the package copy is the repository file
-        assert filecmp.cmp(shipped_graph(name), REPO / "graphs" / f"{name}.dot", shallow=False)
-        assert CausalGraph.load(REPO / "graphs" / f"{name}.dot") == CausalGraph.load(name)
+    for name in SHIPPED:  # the bare name and the packaged file are the same graph
+        assert shipped_graph(name).parent == REPO / "causaldiffae" / "graphs"
+        assert CausalGraph.load(shipped_graph(name)) == CausalGraph.load(name)
+
+
+def test_shipped_graphs_have_one_source():
+    # causaldiffae/graphs/ is the only copy (it ships in the wheel); the top-level graphs/ folder
+    # only points there, so no second copy can drift from it.
+    top = REPO / "graphs"
+    assert sorted(p.name for p in top.iterdir()) == ["README.md"]
+    readme = (top / "README.md").read_text()
+    assert all(f"{name}.dot" in readme for name in SHIPPED) and "causaldiffae/graphs/" in readme
 
 
 def test_topological_order_breaks_ties_by_declaration():

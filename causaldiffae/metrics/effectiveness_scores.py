@@ -1,0 +1,116 @@
+"""Effectiveness: do the counterfactual images show the intended label values (anti-causal predictors)?"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from causaldiffae import counterfactual as cf
+from causaldiffae.errors import DataError
+from causaldiffae.metrics.interventions import (
+    _cf_labels_from_table,
+    _do_for_numpy,
+    _predict,
+    node_groups,
+    scm_counterfactual_labels,
+)
+
+
+def effectiveness(
+    model,
+    predictors,
+    images: torch.Tensor,
+    do: Mapping[str, Any],
+    labels: torch.Tensor | None = None,
+    intended: torch.Tensor | None = None,
+    simulator: Callable | None = None,
+    table: pd.DataFrame | None = None,
+    counterfactuals: torch.Tensor | cf.CounterfactualResult | None = None,
+    steps: int = 20,
+    strength: float = 1.0,
+    max_batch: int = 64,
+) -> dict[str, Any]:
+    """Effectiveness: do the counterfactual images show the intended label values?
+
+    The predictors read the labels of the counterfactual images; the result is the MAE, in
+    normalised units ``(y - loc) / scale`` of the model's graph, between the predicted and the
+    intended values, for the intervened nodes, their descendants and the non-descendants
+    separately, and per node.
+
+    Intended values, first that applies:
+
+    1. ``intended`` ``(B, n_nodes)`` label units, given (e.g. by :func:`dowhy_intended`);
+    2. ``simulator(table, do)`` (a ``true_counterfactual`` function and the factual table): the
+       simulator's counterfactual labels;
+    3. the model's SCM: intervened and descendant nodes take the SCM's counterfactual label values
+       (``CounterfactualResult.labels_counterfactual``); non-descendants keep their factual values,
+       ``labels`` (the true factual labels) when given, else the predictors' reading of the factual image.
+
+    Args:
+        model: a trained CausalDiffAE.
+        predictors: an object with ``predict(images) -> (B, n_nodes)`` label units (see
+            :mod:`causaldiffae.predictors`), or such a callable.
+        images: factual images ``(B, C, H, W)`` in [-1, 1].
+        do: the intervention (see :func:`causaldiffae.counterfactual.counterfactual`).
+        counterfactuals: score these images (a tensor or a CounterfactualResult) instead of generating them.
+        steps, strength, max_batch: passed to the counterfactual query.
+
+    Returns:
+        ``{"do", "intended", "intervened", "descendants", "non_descendants", "per_node", "groups", "n"}``;
+        a group with no node is None.
+    """
+    graph = model.graph
+    groups = node_groups(graph, do)
+    do = dict(do)
+    B = images.shape[0]
+    result = counterfactuals if isinstance(counterfactuals, cf.CounterfactualResult) else None
+    if counterfactuals is None:
+        result = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch)
+    x_cf = result.images if result is not None else torch.as_tensor(counterfactuals)
+    if x_cf.shape[0] != B:
+        raise DataError(f"{x_cf.shape[0]} counterfactual images for {B} factual images")
+
+    if intended is not None:
+        target, source = torch.as_tensor(intended, dtype=torch.float32).cpu(), "given"
+    elif simulator is not None:
+        if table is None:
+            raise DataError("a simulator needs the factual table (labels and exogenous columns) of the images")
+        _, cf_table = simulator(table, _do_for_numpy(do))
+        target, source = _cf_labels_from_table(graph, cf_table), "simulator"
+    else:
+        if result is not None:
+            scm_cf = result.labels_counterfactual.cpu()
+        else:
+            _, scm_cf = scm_counterfactual_labels(model, images, do)
+        factual = torch.as_tensor(labels, dtype=torch.float32).cpu() if labels is not None else _predict(predictors, images)
+        target = factual.clone()
+        for j, n in enumerate(graph.nodes):
+            if groups[n] != "non_descendant":
+                target[:, j] = scm_cf[:, j]
+        source = "scm"
+    if tuple(target.shape) != (B, graph.n_nodes):
+        raise DataError(f"intended labels have shape {tuple(target.shape)}, expected ({B}, {graph.n_nodes})")
+
+    pred = _predict(predictors, x_cf)
+    err = (torch.as_tensor(graph.normalise(pred)) - torch.as_tensor(graph.normalise(target))).abs().numpy()
+    per_node = {}
+    for j, n in enumerate(graph.nodes):
+        col = err[:, j][~np.isnan(err[:, j])]
+        per_node[n] = float(col.mean()) if col.size else None
+
+    def group_mae(role: str):
+        cols = [j for j, n in enumerate(graph.nodes) if groups[n] == role]
+        if not cols:
+            return None
+        vals = err[:, cols]
+        vals = vals[~np.isnan(vals)]
+        return float(vals.mean()) if vals.size else None
+
+    return {
+        "do": list(do), "intended": source, "intervened": group_mae("intervened"), "descendants": group_mae("descendant"),
+        "non_descendants": group_mae("non_descendant"), "per_node": per_node, "groups": groups, "n": int(B),
+    }
+

@@ -1,0 +1,216 @@
+"""The evaluation driver: every metric that applies, on held-out images of a data set, as one JSON-safe dict."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from causaldiffae import counterfactual as cf
+from causaldiffae.errors import DataError
+from causaldiffae.metrics.disentanglement import dci
+from causaldiffae.metrics.effectiveness_scores import effectiveness
+from causaldiffae.metrics.ground_truth import ground_truth_error, true_counterfactual_images
+from causaldiffae.metrics.images import reconstruction
+from causaldiffae.metrics.intended import dowhy_intended, fit_dowhy_scm
+from causaldiffae.metrics.interventions import _cf_labels_from_table, _table_for, default_interventions, do_label
+from causaldiffae.metrics.soundness import composition, reversibility
+
+METRICS = ("reconstruction", "effectiveness", "composition", "reversibility", "ground_truth", "dci")
+INTENDED_SOURCES = ("auto", "simulator", "dowhy", "scm")
+
+
+def _summary_mean(items: Iterable[dict], key: str):
+    vals = [d[key] for d in items if d.get(key) is not None and not (isinstance(d[key], float) and math.isnan(d[key]))]
+    return float(np.mean(vals)) if vals else None
+
+
+def evaluate(
+    model,
+    dataset,
+    predictors=None,
+    simulator: Callable | None = None,
+    interventions: Sequence[Mapping[str, Any]] | None = None,
+    n: int = 64,
+    steps: int = 20,
+    strength: float = 1.0,
+    recon_steps: Sequence[int] = (10, 20, 50, 100),
+    composition_cycles: Sequence[int] = (1, 10),
+    reversibility_cycles: int = 5,
+    intended: str = "auto",
+    table: pd.DataFrame | None = None,
+    simulator_size: int | None = None,
+    dci_n: int = 2000,
+    dowhy_mechanisms: str = "auto",
+    dowhy_table=None,
+    metrics: Sequence[str] = METRICS,
+    seed: int = 0,
+    max_batch: int = 64,
+    progress: bool = True,
+    refine: int = 0,
+) -> dict[str, Any]:
+    """Run every metric that applies on ``n`` images of ``dataset``; a JSON-safe dict.
+
+    Args:
+        model: a trained CausalDiffAE.
+        dataset: an ImageLabelDataset at the model's size and channels (labels in node order).
+        predictors: anti-causal predictors (effectiveness is skipped without them).
+        simulator: a ``true_counterfactual(table, do, size)`` function (enables ground truth and
+            the simulator's intended labels); ``table`` defaults to the labels plus ``dataset.extra``.
+        interventions: a list of ``do`` mappings; default :func:`default_interventions` (every node once).
+        n: images evaluated (a seeded random subset).
+        steps: DDIM steps of every counterfactual query; ``recon_steps`` those of the reconstruction table.
+        intended: where effectiveness' intended labels come from: "simulator", "dowhy", "scm", or
+            "auto" (the simulator if given, else DoWhy fitted on the data set's labels, else the SCM).
+        simulator_size: the size the simulator renders at (the data's native size).
+        dci_n: images encoded for DCI (the encoder only, cheap).
+        dowhy_mechanisms: "auto" or "linear" (see :func:`fit_dowhy_scm`).
+        dowhy_table: the label table DoWhy's SCM is fitted on (default: all labels of ``dataset``).
+        metrics: which of :data:`METRICS` to run.
+        refine: fixed-point corrections per DDIM inversion step in every query (see
+            :func:`causaldiffae.counterfactual.abduct`).
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise DataError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+    if intended not in INTENDED_SOURCES:
+        raise DataError(f"intended must be one of {INTENDED_SOURCES}, got {intended!r}")
+    graph = model.graph
+    C, H, W = model.image_shape
+    if (dataset.channels, dataset.size) != (C, H):
+        raise DataError(f"the data set's images are {dataset.size}x{dataset.size} with {dataset.channels} channel(s); "
+                        f"the model takes {H}x{W} with {C}")
+    if len(dataset) == 0:
+        raise DataError("the data set is empty")
+    if n < 1:
+        raise DataError(f"n must be positive, got {n}")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
+    images, labels = dataset.batch(idx)
+    dev = next(model.parameters()).device
+    if simulator is not None and table is None:
+        extra = None if dataset.extra is None else dataset.extra.iloc[idx].reset_index(drop=True)
+        table = _table_for(graph, labels, extra)
+    elif table is not None and len(table) == len(dataset):
+        table = table.iloc[idx].reset_index(drop=True)
+    if interventions is None:
+        interventions = default_interventions(graph, labels, seed=seed)
+    interventions = [dict(d) for d in interventions]
+    for d in interventions:
+        cf.check_do(model, d, images.shape[0])
+
+    want = set(metrics)
+    skipped: dict[str, str] = {}
+    if "effectiveness" in want and predictors is None:
+        skipped["effectiveness"] = "no predictors (train them with `causaldiffae predictors`)"
+        want.discard("effectiveness")
+    if "ground_truth" in want and simulator is None:
+        skipped["ground_truth"] = "no simulator for this data set"
+        want.discard("ground_truth")
+    needs_cf = bool({"effectiveness", "ground_truth"} & want)
+    stages = (("reconstruction" in want) + ("composition" in want) + ("dci" in want)
+              + len(interventions) * (needs_cf + ("reversibility" in want)))
+    bar = tqdm(total=stages, desc="evaluate", disable=not progress, unit="stage")
+    t0 = time.time()
+    out: dict[str, Any] = {
+        "n": int(images.shape[0]), "steps": steps, "strength": strength, "refine": refine, "nodes": graph.nodes, "seed": seed,
+        "interventions": [do_label(d) for d in interventions],
+    }
+
+    def stage(name: str) -> None:
+        bar.set_description(f"evaluate: {name}")
+
+    try:
+        x = images.to(dev)
+        if "reconstruction" in want:
+            stage("reconstruction")
+            out["reconstruction"] = reconstruction(model, x, steps=recon_steps, max_batch=max_batch, refine=refine).to_dict(orient="records")
+            bar.update()
+        if "composition" in want:
+            stage("composition")
+            out["composition"] = composition(model, x, cycles=composition_cycles, steps=steps, max_batch=max_batch, refine=refine)
+            bar.update()
+
+        source = intended
+        dowhy_scm = None
+        if "effectiveness" in want:
+            if source == "auto":
+                source = "simulator" if simulator is not None else "dowhy"
+            if source == "simulator" and simulator is None:
+                raise DataError("intended='simulator' needs a simulator (a generated Pendulum or Morpho-MNIST data set)")
+            if source == "dowhy":
+                try:
+                    dowhy_scm = fit_dowhy_scm(graph, dataset.labels if dowhy_table is None else dowhy_table,
+                                              mechanisms=dowhy_mechanisms, seed=seed)
+                except DataError as e:
+                    if intended == "dowhy":
+                        raise
+                    source = "scm"
+                    out["intended_note"] = f"DoWhy not used ({e}); the SCM's counterfactual labels are intended"
+            out["intended_source"] = source
+
+        eff, gt, rev = {}, {}, {}
+        for do in interventions:
+            name = do_label(do)
+            if needs_cf:
+                stage(f"counterfactual {name}")
+                res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine)
+                truth = cf_table = None
+                if simulator is not None and ("ground_truth" in want or source == "simulator"):
+                    truth, cf_table = true_counterfactual_images(model, table, do, simulator, size=simulator_size)
+                if "effectiveness" in want:
+                    target = None
+                    if source == "simulator":
+                        target = _cf_labels_from_table(graph, cf_table)
+                    elif source == "dowhy":
+                        target = dowhy_intended(graph, None, labels, do, scm=dowhy_scm)
+                    eff[name] = effectiveness(model, predictors, x, do, labels=labels, intended=target, counterfactuals=res)
+                    eff[name]["intended"] = source
+                if "ground_truth" in want:
+                    gt[name] = ground_truth_error(model, x, table, do, simulator, counterfactuals=res, truth=truth)
+                bar.update()
+            if "reversibility" in want:
+                stage(f"reversibility {name}")
+                rev[name] = reversibility(model, x, do, cycles=reversibility_cycles, steps=steps, strength=strength,
+                                          original=labels, max_batch=max_batch, refine=refine)
+                bar.update()
+        if eff:
+            out["effectiveness"] = {
+                "mean": {k: _summary_mean(eff.values(), k) for k in ("intervened", "descendants", "non_descendants")},
+                "by_intervention": eff,
+            }
+        if gt:
+            out["ground_truth"] = {"mean": {k: _summary_mean(gt.values(), k) for k in ("mae_255", "ssim")}, "by_intervention": gt}
+        if rev:
+            curves = np.array([r["l1"] for r in rev.values()])
+            out["reversibility"] = {"mean": curves.mean(axis=0).tolist(), "by_intervention": rev}
+
+        if "dci" in want:
+            stage("dci")
+            labelled = np.flatnonzero((~np.isnan(dataset.labels)).any(axis=1))
+            pick = np.sort(rng.choice(labelled, size=min(dci_n, labelled.size), replace=False)) if labelled.size else labelled
+            if pick.size >= 10:
+                zs, ys = [], []
+                for s in range(0, pick.size, 256):
+                    xb, yb = dataset.batch(pick[s : s + 256])
+                    zs.append(model.encode(xb.to(dev))[1].cpu())
+                    ys.append(yb)
+                Z, Y = torch.cat(zs), torch.as_tensor(graph.normalise(torch.cat(ys)))
+                blocks = [graph.block(nm) for nm in graph.nodes]
+                out["dci"] = dci(Z, Y, factor_names=graph.nodes, seed=seed)
+                out["dci_blocks"] = dci(Z, Y, blocks=blocks, factor_names=graph.nodes, seed=seed)
+            else:
+                skipped["dci"] = f"needs at least 10 labelled images, the data set has {pick.size}"
+            bar.update()
+    finally:
+        bar.close()
+    out["skipped"] = skipped
+    out["seconds"] = round(time.time() - t0, 2)
+    return out
+
