@@ -285,11 +285,13 @@ def _predictors(args) -> int:
 
 @command("evaluate")
 def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="reconstruction, effectiveness, composition, reversibility, ground truth and DCI")
+    p = sub.add_parser("evaluate", help="reconstruction, effectiveness (beside do-nothing and floor), composition, reversibility, "
+                                        "ground truth (whole image and changed region), latent mechanism check and DCI")
     p.add_argument("--run", required=True, help="run folder or checkpoint")
     p.add_argument("--data", required=True, help="data folder / .npz / generated name (a generated folder brings its simulator)")
-    p.add_argument("--predictors", help="predictors file (default: RUN/predictors.safetensors if it exists)")
-    p.add_argument("--n", type=int, default=64, help="images to evaluate")
+    p.add_argument("--predictors", help="predictors file (default: RUN/predictors.safetensors, or X.predictors.safetensors "
+                                        "beside a checkpoint X.safetensors such as a shipped model, if it exists)")
+    p.add_argument("--n", type=int, default=64, help="images to evaluate (a seeded pick of the split; 64 at least for quoted figures)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps of each counterfactual")
     p.add_argument("--strength", type=float, default=1.0, help="guidance weight w")
     p.add_argument("--refine", type=int, default=0, help="fixed-point corrections per DDIM inversion step in every query")
@@ -299,7 +301,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--intended", choices=["auto", "simulator", "dowhy", "scm"], default="auto",
                    help="effectiveness' intended labels (auto: the simulator if any, else DoWhy)")
     p.add_argument("--dowhy", choices=["auto", "linear"], default="auto", help="DoWhy mechanisms: auto-assigned or linear additive noise")
-    p.add_argument("--metrics", nargs="+", help="run only these (reconstruction effectiveness composition reversibility ground_truth dci)")
+    p.add_argument("--metrics", nargs="+", help="run only these (reconstruction effectiveness composition reversibility ground_truth latent dci)")
     p.add_argument("--split", default="test", help="rows of the data's split column to evaluate on (ignored without one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", help="output folder (default: RUN/evaluation)")
@@ -326,6 +328,12 @@ def _evaluate(args) -> int:
     dataset = open_dataset(args.data, model.graph.label_columns, size=size, split=args.split)
     predictors = None
     ppath = Path(args.predictors) if args.predictors else default_predictors_path(args.run)
+    if not args.predictors and not ppath.exists():  # a checkpoint file X.safetensors (a shipped model): X.predictors.safetensors
+        from causaldiffae.checkpoint import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(args.run)
+        if ckpt.with_name(ckpt.stem + ".predictors.safetensors").exists():
+            ppath = ckpt.with_name(ckpt.stem + ".predictors.safetensors")
     if args.predictors or ppath.exists():
         predictors = load_predictors(ppath, device=args.device)
         if predictors.graph.nodes != model.graph.nodes:
@@ -344,6 +352,8 @@ def _evaluate(args) -> int:
     run = Path(args.run)
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "evaluation"
     js, md = M.write_report(results, out, title=f"Evaluation of {args.run}")
+    for line in M.summary_lines(results):
+        print(line)
     if results.get("skipped"):
         print("skipped: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items()))
     print(f"wrote {js} and {md}")

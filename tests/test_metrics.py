@@ -217,8 +217,14 @@ def test_cli_predictors_and_evaluate_write_json_and_markdown(tiny_run, data_fold
     assert set(res["composition"]["l1"]) == {"1", "2"} and len(res["reversibility"]["mean"]) == 1
     assert "ground_truth" in res["skipped"] and 0 <= res["dci"]["disentanglement"] <= 1
     md = (out / "metrics.md").read_text()
-    for heading in ("## Reconstruction", "## Effectiveness", "## Composition", "## Reversibility", "## DCI", "| 2 |"):
+    for heading in ("## Reconstruction", "## Effectiveness", "## Composition", "## Reversibility", "## DCI", "| 2 |",
+                    "### Effectiveness beside its baselines", "## Latent-level mechanism check"):
         assert heading in md
+    b = res["effectiveness"]["by_intervention"]["do(a)"]["baselines"]
+    assert b["floor_source"].startswith("none") and b["intervened"]["floor"] is None  # no simulator: no floor
+    assert set(res["latent"]["by_intervention"]) == {"do(a)", "do(b)"}
+    printed = capsys.readouterr().out
+    assert "do(a)" in printed and "nothing" in printed and "achieved" in printed and "latent" in printed
 
 
 def test_cli_evaluate_bad_input_exits_2(tmp_path, data_folder, tiny_run, capsys):

@@ -7,7 +7,9 @@ Plain functions over a trained :class:`~causaldiffae.model.CausalDiffAE`; images
     effectiveness(model, predictors, x, {"a": 0.5}) # MAE (normalised units) of predicted vs intended labels
     composition(model, x)                           # L1 (0-255) after 1 and 10 null interventions
     reversibility(model, x, {"a": 0.5})             # L1 (0-255) after do() and back, per cycle
-    ground_truth_error(model, x, table, do, pendulum.true_counterfactual)
+    effectiveness_baselines(model, predictors, x, do, intended, x_cf, truth)  # model / do-nothing / floor / achieved fraction
+    ground_truth_error(model, x, table, do, pendulum.true_counterfactual)      # whole image and changed region, beside the identity
+    mechanism_check(model, x, do, intended, labels)  # encoder + SCM only: the share of each descendant's true change
     dci(z, labels)                                  # Eastwood & Williams' disentanglement / completeness / informativeness
     evaluate(model, dataset, predictors)            # everything that applies, as one JSON-safe dict
 
@@ -17,9 +19,11 @@ One file per concept:
 ``images``                 per-image distances (mse, psnr, ssim, l1_255) and ``reconstruction``
 ``interventions``          node roles under do(), default interventions, label tables
 ``intended``               DoWhy's intended counterfactual labels where there is no simulator
-``effectiveness_scores``   effectiveness with the anti-causal predictors
+``effectiveness_scores``   effectiveness with the anti-causal predictors, beside its baselines
+``baselines``              do-nothing, floor, achieved fraction and drift (shared by the checks)
+``latent``                 the mechanism check of encoder + SCM, without diffusion
 ``soundness``              the axioms: composition and reversibility
-``ground_truth``           the simulator's true counterfactuals and the pixel error against them
+``ground_truth``           the simulator's true counterfactuals, pixel error on the whole image and the changed region
 ``disentanglement``        DCI
 ``evaluation``             the ``evaluate`` driver
 ``report``                 strict JSON and Markdown reports
@@ -30,10 +34,17 @@ Conventions: MSE and PSNR are computed on the [0, 1] scale, L1 and pixel MAE on 
 per-image arrays come from :func:`mse`, :func:`psnr`, :func:`ssim` and :func:`l1_255`.
 """
 
+from causaldiffae.metrics.baselines import MIN_GAP, achieved_fraction, score_against_baselines
 from causaldiffae.metrics.disentanglement import dci
-from causaldiffae.metrics.effectiveness_scores import effectiveness
+from causaldiffae.metrics.effectiveness_scores import effectiveness, effectiveness_baselines, label_errors
 from causaldiffae.metrics.evaluation import INTENDED_SOURCES, METRICS, evaluate
-from causaldiffae.metrics.ground_truth import find_simulator, ground_truth_error, true_counterfactual_images
+from causaldiffae.metrics.ground_truth import (
+    CHANGE_TOLERANCE,
+    changed_region,
+    find_simulator,
+    ground_truth_error,
+    true_counterfactual_images,
+)
 from causaldiffae.metrics.images import l1_255, mse, psnr, reconstruction, ssim
 from causaldiffae.metrics.intended import dowhy_intended, fit_dowhy_scm
 from causaldiffae.metrics.interventions import (
@@ -43,12 +54,13 @@ from causaldiffae.metrics.interventions import (
     node_groups,
     scm_counterfactual_labels,
 )
-from causaldiffae.metrics.report import to_jsonable, to_markdown, write_report
+from causaldiffae.metrics.latent import mechanism_check
+from causaldiffae.metrics.report import summary_lines, to_jsonable, to_markdown, write_report
 from causaldiffae.metrics.soundness import composition, reversibility
 
 __all__ = [
-    "INTENDED_SOURCES", "METRICS", "composition", "dci", "default_interventions", "do_label", "dowhy_intended",
-    "effectiveness", "evaluate", "find_simulator", "fit_dowhy_scm", "ground_truth_error", "l1_255", "mse",
-    "node_groups", "psnr", "reconstruction", "reversibility", "scm_counterfactual_labels", "ssim",
-    "to_jsonable", "to_markdown", "true_counterfactual_images", "write_report",
+    "CHANGE_TOLERANCE", "INTENDED_SOURCES", "METRICS", "MIN_GAP", "achieved_fraction", "changed_region", "composition", "dci", "default_interventions", "do_label", "dowhy_intended",
+    "effectiveness", "effectiveness_baselines", "evaluate", "label_errors", "mechanism_check", "find_simulator", "fit_dowhy_scm", "ground_truth_error", "l1_255", "mse",
+    "node_groups", "psnr", "reconstruction", "reversibility", "score_against_baselines", "scm_counterfactual_labels", "ssim",
+    "summary_lines", "to_jsonable", "to_markdown", "true_counterfactual_images", "write_report",
 ]

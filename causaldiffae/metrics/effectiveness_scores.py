@@ -10,6 +10,7 @@ import torch
 
 from causaldiffae import counterfactual as cf
 from causaldiffae.errors import DataError
+from causaldiffae.metrics.baselines import MIN_GAP, score_against_baselines
 from causaldiffae.metrics.interventions import (
     _cf_labels_from_table,
     _do_for_numpy,
@@ -17,6 +18,15 @@ from causaldiffae.metrics.interventions import (
     node_groups,
     scm_counterfactual_labels,
 )
+
+
+def label_errors(graph, predictors, images: torch.Tensor, intended: torch.Tensor) -> np.ndarray:
+    """``|predicted - intended|`` in normalised units ``(y - loc) / scale``, ``(B, n_nodes)`` (NaN where intended is)."""
+    pred = _predict(predictors, images)
+    target = torch.as_tensor(intended, dtype=torch.float32).cpu()
+    if tuple(target.shape) != tuple(pred.shape):
+        raise DataError(f"intended labels have shape {tuple(target.shape)}, the predictors read {tuple(pred.shape)}")
+    return (torch.as_tensor(graph.normalise(pred)) - torch.as_tensor(graph.normalise(target))).abs().numpy().astype(np.float64)
 
 
 def effectiveness(
@@ -94,8 +104,7 @@ def effectiveness(
     if tuple(target.shape) != (B, graph.n_nodes):
         raise DataError(f"intended labels have shape {tuple(target.shape)}, expected ({B}, {graph.n_nodes})")
 
-    pred = _predict(predictors, x_cf)
-    err = (torch.as_tensor(graph.normalise(pred)) - torch.as_tensor(graph.normalise(target))).abs().numpy()
+    err = label_errors(graph, predictors, x_cf, target)
     per_node = {}
     for j, n in enumerate(graph.nodes):
         col = err[:, j][~np.isnan(err[:, j])]
@@ -114,3 +123,47 @@ def effectiveness(
         "non_descendants": group_mae("non_descendant"), "per_node": per_node, "groups": groups, "n": int(B),
     }
 
+
+
+def effectiveness_baselines(
+    model,
+    predictors,
+    images: torch.Tensor,
+    do: Mapping[str, Any],
+    intended: torch.Tensor,
+    counterfactuals: torch.Tensor | cf.CounterfactualResult,
+    truth: torch.Tensor | None = None,
+    min_gap: float = MIN_GAP,
+) -> dict[str, Any]:
+    """Effectiveness beside its baselines, on the same images and intended values.
+
+    The predictors read three image sets and each is scored against ``intended`` (MAE in
+    normalised units, per node): the model's counterfactuals, the factual ``images`` unchanged
+    (**do-nothing**) and, where a simulator exists, its true counterfactuals ``truth`` (the
+    **floor**). Intervened nodes and descendants get the **achieved fraction**
+    ``(do_nothing - model) / (do_nothing - floor)``; non-descendants the **drift**
+    ``model - floor`` (see :mod:`causaldiffae.metrics.baselines`).
+
+    Args:
+        images: factual images ``(B, C, H, W)`` in [-1, 1].
+        intended: ``(B, n_nodes)`` intended counterfactual labels in label units (the simulator's or DoWhy's).
+        counterfactuals: the model's counterfactual images (tensor or CounterfactualResult), ``(B, C, H, W)``.
+        truth: the true counterfactual images ``(B, C, H, W)``, or None (no floor; fractions against 0).
+        min_gap: see :data:`~causaldiffae.metrics.baselines.MIN_GAP`.
+
+    Returns:
+        :func:`~causaldiffae.metrics.baselines.score_against_baselines`'s dict plus ``do`` and ``n``.
+    """
+    graph = model.graph
+    roles = node_groups(graph, do)
+    x_cf = counterfactuals.images if isinstance(counterfactuals, cf.CounterfactualResult) else torch.as_tensor(counterfactuals)
+    B = images.shape[0]
+    for what, t in (("counterfactual", x_cf), ("true counterfactual", truth)):
+        if t is not None and t.shape[0] != B:
+            raise DataError(f"{t.shape[0]} {what} images for {B} factual images")
+    err_model = label_errors(graph, predictors, x_cf.cpu(), intended)
+    err_nothing = label_errors(graph, predictors, images.cpu(), intended)
+    err_floor = None if truth is None else label_errors(graph, predictors, truth.cpu(), intended)
+    out = score_against_baselines(graph.nodes, roles, err_model, err_nothing, err_floor, min_gap=min_gap,
+                                  floor_source="the simulator's true counterfactuals, read by the same predictors")
+    return {"do": list(do), "n": int(B), **out}

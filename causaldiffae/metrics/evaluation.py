@@ -12,15 +12,17 @@ import torch
 
 from causaldiffae import counterfactual as cf
 from causaldiffae.errors import DataError
+from causaldiffae.metrics.baselines import MIN_GAP, mean_fraction
 from causaldiffae.metrics.disentanglement import dci
-from causaldiffae.metrics.effectiveness_scores import effectiveness
-from causaldiffae.metrics.ground_truth import ground_truth_error, true_counterfactual_images
+from causaldiffae.metrics.effectiveness_scores import effectiveness, effectiveness_baselines
+from causaldiffae.metrics.ground_truth import CHANGE_TOLERANCE, ground_truth_error, true_counterfactual_images
 from causaldiffae.metrics.images import reconstruction
 from causaldiffae.metrics.intended import dowhy_intended, fit_dowhy_scm
+from causaldiffae.metrics.latent import mechanism_check
 from causaldiffae.metrics.interventions import _cf_labels_from_table, _table_for, default_interventions, do_label
 from causaldiffae.metrics.soundness import composition, reversibility
 
-METRICS = ("reconstruction", "effectiveness", "composition", "reversibility", "ground_truth", "dci")
+METRICS = ("reconstruction", "effectiveness", "composition", "reversibility", "ground_truth", "latent", "dci")
 INTENDED_SOURCES = ("auto", "simulator", "dowhy", "scm")
 
 
@@ -52,6 +54,9 @@ def evaluate(
     max_batch: int = 64,
     progress: bool = True,
     refine: int = 0,
+    min_gap: float = MIN_GAP,
+    change_tolerance: float = CHANGE_TOLERANCE,
+    counterfactual_fn: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Run every metric that applies on ``n`` images of ``dataset``; a JSON-safe dict.
 
@@ -73,6 +78,18 @@ def evaluate(
         metrics: which of :data:`METRICS` to run.
         refine: fixed-point corrections per DDIM inversion step in every query (see
             :func:`causaldiffae.counterfactual.abduct`).
+        min_gap: achieved fractions need ``do_nothing - floor`` of at least this (normalised units;
+            :data:`~causaldiffae.metrics.baselines.MIN_GAP`).
+        change_tolerance: grey levels that make a pixel "changed" (:data:`~causaldiffae.metrics.ground_truth.CHANGE_TOLERANCE`).
+        counterfactual_fn: score these counterfactuals instead of the model's:
+            ``counterfactual_fn(images, do) -> (B, C, H, W)`` in [-1, 1] (e.g. a baseline, or the
+            identity ``lambda x, do: x``); reconstruction, composition and reversibility, which
+            query the model itself, are then skipped. The latent check always reads the model.
+
+    Effectiveness carries its baselines (``effectiveness.by_intervention[do].baselines``: model /
+    do-nothing / floor / achieved fraction / drift, :func:`effectiveness_baselines`); ground truth
+    the identity's score and the changed region (:func:`ground_truth_error`); ``latent`` the
+    mechanism check of encoder + SCM (:func:`~causaldiffae.metrics.latent.mechanism_check`).
     """
     from tqdm.auto import tqdm
 
@@ -113,15 +130,23 @@ def evaluate(
     if "ground_truth" in want and simulator is None:
         skipped["ground_truth"] = "no simulator for this data set"
         want.discard("ground_truth")
+    if counterfactual_fn is not None:
+        for m in ("reconstruction", "composition", "reversibility"):
+            if m in want:
+                skipped[m] = "scores the model's own queries, not those of counterfactual_fn"
+                want.discard(m)
     needs_cf = bool({"effectiveness", "ground_truth"} & want)
+    needs_target = bool({"effectiveness", "latent"} & want)
     stages = (("reconstruction" in want) + ("composition" in want) + ("dci" in want)
-              + len(interventions) * (needs_cf + ("reversibility" in want)))
+              + len(interventions) * ((needs_cf or "latent" in want) + ("reversibility" in want)))
     bar = tqdm(total=stages, desc="evaluate", disable=not progress, unit="stage")
     t0 = time.time()
     out: dict[str, Any] = {
         "n": int(images.shape[0]), "steps": steps, "strength": strength, "refine": refine, "nodes": graph.nodes, "seed": seed,
-        "interventions": [do_label(d) for d in interventions],
+        "interventions": [do_label(d) for d in interventions], "min_gap": min_gap,
     }
+    if counterfactual_fn is not None:
+        out["counterfactuals_from"] = getattr(counterfactual_fn, "__name__", "counterfactual_fn")
 
     def stage(name: str) -> None:
         bar.set_description(f"evaluate: {name}")
@@ -139,7 +164,7 @@ def evaluate(
 
         source = intended
         dowhy_scm = None
-        if "effectiveness" in want:
+        if needs_target:
             if source == "auto":
                 source = "simulator" if simulator is not None else "dowhy"
             if source == "simulator" and simulator is None:
@@ -154,26 +179,40 @@ def evaluate(
                     source = "scm"
                     out["intended_note"] = f"DoWhy not used ({e}); the SCM's counterfactual labels are intended"
             out["intended_source"] = source
+            if "latent" in want and source == "scm":
+                skipped["latent"] = "needs intended labels from a simulator or DoWhy (the model's own SCM cannot check itself)"
+                want.discard("latent")
 
-        eff, gt, rev = {}, {}, {}
+        eff, gt, rev, lat = {}, {}, {}, {}
         for do in interventions:
             name = do_label(do)
-            if needs_cf:
+            if needs_cf or "latent" in want:
                 stage(f"counterfactual {name}")
-                res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine)
                 truth = cf_table = None
-                if simulator is not None and ("ground_truth" in want or source == "simulator"):
+                if simulator is not None and ("ground_truth" in want or source == "simulator" or "effectiveness" in want):
                     truth, cf_table = true_counterfactual_images(model, table, do, simulator, size=simulator_size)
+                target = None
+                if source == "simulator" and needs_target:
+                    target = _cf_labels_from_table(graph, cf_table)
+                elif source == "dowhy" and needs_target:
+                    target = dowhy_intended(graph, None, labels, do, scm=dowhy_scm)
+                res = None
+                if needs_cf:
+                    if counterfactual_fn is None:
+                        res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine)
+                    else:
+                        res = torch.as_tensor(counterfactual_fn(x, do)).detach().float().cpu()
                 if "effectiveness" in want:
-                    target = None
-                    if source == "simulator":
-                        target = _cf_labels_from_table(graph, cf_table)
-                    elif source == "dowhy":
-                        target = dowhy_intended(graph, None, labels, do, scm=dowhy_scm)
                     eff[name] = effectiveness(model, predictors, x, do, labels=labels, intended=target, counterfactuals=res)
                     eff[name]["intended"] = source
+                    if target is not None:
+                        eff[name]["baselines"] = effectiveness_baselines(model, predictors, x.cpu(), do, target, res,
+                                                                         truth=truth, min_gap=min_gap)
                 if "ground_truth" in want:
-                    gt[name] = ground_truth_error(model, x, table, do, simulator, counterfactuals=res, truth=truth)
+                    gt[name] = ground_truth_error(model, x.cpu(), table, do, simulator, counterfactuals=res, truth=truth,
+                                                  change_tolerance=change_tolerance)
+                if "latent" in want:
+                    lat[name] = mechanism_check(model, x, do, target, labels, min_gap=min_gap)
                 bar.update()
             if "reversibility" in want:
                 stage(f"reversibility {name}")
@@ -185,8 +224,20 @@ def evaluate(
                 "mean": {k: _summary_mean(eff.values(), k) for k in ("intervened", "descendants", "non_descendants")},
                 "by_intervention": eff,
             }
+            base = [d["baselines"] for d in eff.values() if "baselines" in d]
+            if base:
+                out["effectiveness"]["mean_achieved_fraction"] = {g: mean_fraction(base, g) for g in ("intervened", "descendants")}
         if gt:
-            out["ground_truth"] = {"mean": {k: _summary_mean(gt.values(), k) for k in ("mae_255", "ssim")}, "by_intervention": gt}
+            out["ground_truth"] = {
+                "mean": {k: _summary_mean(gt.values(), k) for k in ("mae_255", "ssim")},
+                "identity_mean": {k: _summary_mean([d["identity"] for d in gt.values()], k) for k in ("mae_255", "ssim")},
+                "changed_region_mean": {k: _summary_mean([d["changed_region"] for d in gt.values()], k)
+                                        for k in ("model_mae_255", "identity_mae_255", "achieved_fraction")},
+                "by_intervention": gt,
+            }
+        if lat:
+            out["latent"] = {"mean_achieved_fraction": {"descendants": mean_fraction(list(lat.values()), "descendants")},
+                             "by_intervention": lat}
         if rev:
             curves = np.array([r["l1"] for r in rev.values()])
             out["reversibility"] = {"mean": curves.mean(axis=0).tolist(), "by_intervention": rev}

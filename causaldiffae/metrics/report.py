@@ -49,6 +49,56 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _score(e: Mapping[str, Any]) -> str:
+    """The achieved fraction, or ``drift +x`` for a non-descendant, or why there is none."""
+    if "drift" in e:
+        return "–" if e["drift"] is None else f"drift {e['drift']:+.3f}"
+    if e.get("achieved_fraction") is None:
+        return "– (gap too small)" if e.get("note", "").startswith("do-nothing") else "–"
+    return f"{e['achieved_fraction']:.3f}"
+
+
+def summary_lines(results: Mapping[str, Any]) -> list[str]:
+    """Plain-text lines for the terminal: per intervention, per node, model / do-nothing / floor /
+    achieved fraction (or drift) of effectiveness and of the latent check, and the ground truth on
+    the whole image and on the changed region beside the identity's."""
+    r = results
+    eff = (r.get("effectiveness") or {}).get("by_intervention", {})
+    lat = (r.get("latent") or {}).get("by_intervention", {})
+    gt = (r.get("ground_truth") or {}).get("by_intervention", {})
+    out = []
+    for name in r.get("interventions", []):
+        b = (eff.get(name) or {}).get("baselines")
+        lt = lat.get(name)
+        if b is None and lt is None and name not in gt:
+            continue
+        out.append(f"{name}  (intended: {r.get('intended_source', '?')}; MAE in normalised units)")
+        if b is not None or lt is not None:
+            def cells(e: Mapping[str, Any] | None) -> str:
+                if e is None:
+                    return " ".join(f"{'':>9}" for _ in range(3)) + f" {'':>15}"
+                return (f"{_fmt(e['model'], 3):>9} {_fmt(e['do_nothing'], 3):>9} {_fmt(e['floor'], 3):>9} "
+                        f"{_score(e):>15}")
+
+            head = f"{'model':>9} {'nothing':>9} {'floor':>9} {'achieved':>15}"
+            out.append(f"  {'node':<17} {'role':<15}  images: {head}  |  latent: {head}")
+            for node in r.get("nodes", []):
+                en = (b or {}).get("per_node", {}).get(node)
+                ln = (lt or {}).get("per_node", {}).get(node)
+                role = (en or ln or {}).get("role", "?")
+                right = f"{'set by do()':>45}" if (ln is not None and role == "intervened") else cells(ln)
+                out.append(f"  {node:<17} {role:<15}          {cells(en)}  |          {right}".rstrip())
+        if name in gt:
+            d = gt[name]
+            cr, idt = d.get("changed_region", {}), d.get("identity", {})
+            px = cr.get("pixel_fraction")
+            out.append(f"  ground truth: whole image MAE {_fmt(d['mae_255'], 3)} (identity {_fmt(idt.get('mae_255'), 3)}), "
+                       f"SSIM {_fmt(d['ssim'], 3)} (identity {_fmt(idt.get('ssim'), 3)}); changed region "
+                       f"({_fmt(None if px is None else 100 * px, 2)} % of pixels) MAE {_fmt(cr.get('model_mae_255'), 3)} "
+                       f"(identity {_fmt(cr.get('identity_mae_255'), 3)}), fraction {_fmt(cr.get('achieved_fraction'), 3)}")
+    return out
+
+
 def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
     """A Markdown report of :func:`evaluate`'s results: one table per metric."""
     r = results
@@ -72,6 +122,25 @@ def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
         m = e["mean"]
         lines.append(f"| **mean** | {_fmt(m['intervened'])} | {_fmt(m['descendants'])} | {_fmt(m['non_descendants'])} |" + " |" * len(nodes))
         lines.append("")
+        rows = [(name, d["baselines"]) for name, d in e["by_intervention"].items() if "baselines" in d]
+        if rows:
+            lines += ["### Effectiveness beside its baselines", "",
+                      "do-nothing = the factual image read by the same predictors; floor = the simulator's true counterfactual "
+                      "read by them; achieved fraction = (do-nothing - model) / (do-nothing - floor) for intervened nodes and "
+                      "descendants (0: nothing moved, 1: as good as the truth); drift = model - floor for non-descendants.", "",
+                      "| intervention | node | role | model | do-nothing | floor | achieved fraction / drift |",
+                      "|---|---|---|---:|---:|---:|---:|"]
+            notes = []
+            for name, b in rows:
+                for node, en in b["per_node"].items():
+                    lines.append(f"| {name} | {node} | {en['role']} | {_fmt(en['model'], 3)} | {_fmt(en['do_nothing'], 3)} | "
+                                 f"{_fmt(en['floor'], 3)} | {_score(en)} |")
+                    if en.get("note"):
+                        notes.append(f"- {name} {node}: {en['note']}")
+            mf = e.get("mean_achieved_fraction", {})
+            lines += ["", f"Mean achieved fraction: intervened {_fmt(mf.get('intervened'), 3)}, descendants {_fmt(mf.get('descendants'), 3)}.", ""]
+            if notes:
+                lines += notes + [""]
     if "composition" in r:
         c = r["composition"]
         ks = list(c["l1"])
@@ -89,11 +158,36 @@ def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
         lines.append("")
     if "ground_truth" in r:
         g = r["ground_truth"]
-        lines += ["## Ground-truth error (model vs simulator counterfactuals)", "", "| intervention | pixel MAE (0-255) | SSIM |", "|---|---:|---:|"]
+        lines += ["## Ground-truth error (model vs the simulator's true counterfactuals)", "",
+                  "Identity = the factual image returned unchanged. Changed region = pixels where the true counterfactual "
+                  "differs from the factual image; region fraction = (identity - model) / identity there (0: nothing drawn, 1: the truth).", "",
+                  "| intervention | pixel MAE (0-255) | identity | SSIM | identity | changed pixels | region MAE | identity | region fraction |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, d in g["by_intervention"].items():
-            lines.append(f"| {name} | {_fmt(d['mae_255'])} | {_fmt(d['ssim'])} |")
-        lines.append(f"| **mean** | {_fmt(g['mean']['mae_255'])} | {_fmt(g['mean']['ssim'])} |")
+            idt, cr = d.get("identity", {}), d.get("changed_region", {})
+            px = cr.get("pixel_fraction")
+            lines.append(f"| {name} | {_fmt(d['mae_255'])} | {_fmt(idt.get('mae_255'))} | {_fmt(d['ssim'])} | {_fmt(idt.get('ssim'))} | "
+                         f"{_fmt(None if px is None else 100 * px, 3)}{'' if px is None else ' %'} | {_fmt(cr.get('model_mae_255'))} | "
+                         f"{_fmt(cr.get('identity_mae_255'))} | {_fmt(cr.get('achieved_fraction'), 3)} |")
+        im, cm = g.get("identity_mean", {}), g.get("changed_region_mean", {})
+        lines.append(f"| **mean** | {_fmt(g['mean']['mae_255'])} | {_fmt(im.get('mae_255'))} | {_fmt(g['mean']['ssim'])} | "
+                     f"{_fmt(im.get('ssim'))} | | {_fmt(cm.get('model_mae_255'))} | {_fmt(cm.get('identity_mae_255'))} | "
+                     f"{_fmt(cm.get('achieved_fraction'), 3)} |")
         lines.append("")
+    if "latent" in r:
+        lat = r["latent"]
+        lines += ["## Latent-level mechanism check (encoder + SCM, no diffusion; label readout vs intended, normalised units)", "",
+                  "do-nothing = the factual label; floor = the readout's own error on the factual image; "
+                  "slope = readout change regressed on the true change (1: the full change).", "",
+                  "| intervention | node | role | model | do-nothing | floor | achieved fraction / drift | slope |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for name, d in lat["by_intervention"].items():
+            for node, e in d["per_node"].items():
+                if e["role"] == "intervened":
+                    continue
+                lines.append(f"| {name} | {node} | {e['role']} | {_fmt(e['model'], 3)} | {_fmt(e['do_nothing'], 3)} | "
+                             f"{_fmt(e['floor'], 3)} | {_score(e)} | {_fmt(d['change_slope'].get(node), 3)} |")
+        lines += ["", f"Mean descendant fraction: {_fmt(lat['mean_achieved_fraction']['descendants'], 3)}.", ""]
     for key, what in (("dci", "latent dimensions"), ("dci_blocks", "latent blocks")):
         if key in r:
             d = r[key]
