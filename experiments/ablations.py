@@ -4,12 +4,16 @@
     python experiments/ablations.py strength --run runs/pendulum --data pendulum --out runs/strength
     python experiments/ablations.py recon-steps --run runs/pendulum --data pendulum --out runs/recon
     python experiments/ablations.py baselines --run runs/pendulum --diffae runs/pendulum-diffae --data pendulum --out runs/baselines
+    python experiments/ablations.py references --data pendulum --n 64 --out runs/references
 
 ``fraction`` trains CausalDiffAE with label_fraction in {0.01, 0.1, 0.5, 1.0} (and the Diff-AE
 baseline at 1.0) with the same budget (``--steps``), each run resumable (a finished run is not
 retrained), then scores every run. ``strength`` sweeps the guidance weight w; ``recon-steps``
 writes the invert-then-decode table against the number of DDIM steps; ``baselines`` compares
 CausalDiffAE (DDIM abduction), the reference procedure (forward-noising abduction) and Diff-AE.
+``references`` scores the two references every table needs on the same images and interventions
+(no model query, seconds): **do nothing** (the factual image returned unchanged) and the **floor**
+(the simulator's true counterfactual), read by the same predictors (default: the shipped ones).
 Each writes ``results.csv`` (pandas), a Markdown table and, where it helps, a plot (matplotlib)
 into ``--out``. ``fraction --gpu`` trains the larger model preset (``ModelConfig.gpu_preset``) on CUDA
 with a bigger batch, for the full-size version of the ablation.
@@ -229,6 +233,41 @@ def cmd_baselines(a) -> None:
         _write(rows, Path(a.out), f"Baselines ({a.data})", ["model"])
 
 
+def reference_rows(model, images, labels, table, sim, predictors) -> list[dict[str, Any]]:
+    """The do-nothing and floor rows of :func:`score`'s columns, on the same images and interventions."""
+    simulator, size, _ = sim
+    rows = {"do nothing (factual image)": [], "floor (true counterfactual)": []}
+    gts: dict[str, list] = {k: [] for k in rows}
+    for do in metrics.default_interventions(model.graph, labels, seed=0):
+        truth, _ = metrics.true_counterfactual_images(model, table, do, simulator, size=size)
+        for key, imgs in zip(rows, (images, truth)):
+            rows[key].append(metrics.effectiveness(model, predictors, images, do, labels=labels, simulator=simulator,
+                                                   table=table, counterfactuals=imgs))
+            gts[key].append(metrics.ground_truth_error(model, images, table, do, simulator, counterfactuals=imgs, truth=truth))
+    out = []
+    for key, effs in rows.items():
+        row: dict[str, Any] = {"model": key}
+        for g in ("intervened", "descendants", "non_descendants"):
+            vals = [e[g] for e in effs if e.get(g) is not None]
+            row[f"eff_{g}"] = float(np.mean(vals)) if vals else None
+        row["gt_mae_255"] = float(np.mean([g["mae_255"] for g in gts[key]]))
+        row["gt_ssim"] = float(np.mean([g["ssim"] for g in gts[key]]))
+        row["gt_region_mae_255"] = float(np.mean([g["changed_region"]["model_mae_255"] for g in gts[key]]))
+        out.append(row)
+    return out
+
+
+def cmd_references(a) -> None:
+    from causaldiffae.model import CausalDiffAE
+    from causaldiffae.predictors import load_predictors
+
+    model, _ = CausalDiffAE.load(a.run or a.data)
+    images, labels, table, sim = _data(model, a.data, a.n)
+    ppath = Path(a.predictors) if a.predictors else Path(metrics.__file__).parents[1] / "pretrained" / f"{a.data}.predictors.safetensors"
+    rows = reference_rows(model, images, labels, table, sim, load_predictors(ppath))
+    _write(rows, Path(a.out), f"References ({a.data}, {len(labels)} test images, predictors {ppath.name})", ["model"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -253,12 +292,18 @@ def main() -> None:
     b.add_argument("--data", required=True)
     b.add_argument("--strength", type=float, default=1.0)
     b.add_argument("--out", default="runs/baselines")
-    for q in (f, s, r, b):
+    c = sub.add_parser("references")
+    c.add_argument("--data", required=True, help="pendulum or morphomnist (or a generated folder, with --run)")
+    c.add_argument("--run", help="the model whose graph and image size to use (default: the shipped model named like --data)")
+    c.add_argument("--predictors", help="default: the shipped predictors of --data")
+    c.add_argument("--out", default="runs/references")
+    for q in (f, s, r, b, c):
         q.add_argument("--n", type=int, default=64, help="held-out images scored")
         q.add_argument("--steps-eval", type=int, default=20, help="DDIM steps of every query")
     a = p.parse_args()
     torch.manual_seed(0)
-    {"fraction": cmd_fraction, "strength": cmd_strength, "recon-steps": cmd_recon_steps, "baselines": cmd_baselines}[a.cmd](a)
+    {"fraction": cmd_fraction, "strength": cmd_strength, "recon-steps": cmd_recon_steps, "baselines": cmd_baselines,
+     "references": cmd_references}[a.cmd](a)
 
 
 if __name__ == "__main__":
