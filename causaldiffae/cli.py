@@ -325,7 +325,10 @@ def _evaluate(args) -> int:
 
         raise ConfigError(f"unknown metric(s) {unknown}; known: {', '.join(M.METRICS)}")
     size = model.image_shape[1]
-    dataset = open_dataset(args.data, model.graph.label_columns, size=size, split=args.split)
+    from causaldiffae.data.generate import model_generator_params, resolve_generated
+
+    data_spec = resolve_generated(args.data, size, model_generator_params(args.run, meta))  # the rendering it was trained on
+    dataset = open_dataset(data_spec, model.graph.label_columns, size=size, split=args.split)
     predictors = None
     ppath = Path(args.predictors) if args.predictors else default_predictors_path(args.run)
     if not args.predictors and not ppath.exists():  # a checkpoint file X.safetensors (a shipped model): X.predictors.safetensors
@@ -338,7 +341,7 @@ def _evaluate(args) -> int:
         predictors = load_predictors(ppath, device=args.device)
         if predictors.graph.nodes != model.graph.nodes:
             raise CheckpointError(f"{ppath} predicts nodes {predictors.graph.nodes}, the model has {model.graph.nodes}")
-    found = M.find_simulator(args.data, size)
+    found = M.find_simulator(data_spec, size)
     simulator, sim_size = (found[0], found[1]) if found else (None, None)
     results = M.evaluate(
         model, dataset, predictors=predictors, simulator=simulator, n=args.n, steps=args.steps, strength=args.strength,
