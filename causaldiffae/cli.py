@@ -239,6 +239,10 @@ def _predictors_parser(sub) -> None:
     p.add_argument("--size", type=int, help="image size (default: the run's, else 32)")
     p.add_argument("--split", default="train", help="rows of the data's split column to train on (ignored without one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labelled-images", action="store_true",
+                   help="train on the data's labelled images even where it has a simulator (default there: independent draws)")
+    p.add_argument("--n-samples", type=int, default=8000, help="scenes drawn from the simulator")
+    p.add_argument("--categorical", nargs="+", default=None, help="nodes to classify (besides those typed categorical)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predictors)
@@ -275,10 +279,21 @@ def _predictors(args) -> int:
         loc, scale = dataset.label_stats()
         graph = graph.with_label_stats(loc, scale)
     out = Path(args.out) if args.out else default_predictors_path(args.run)
+    from causaldiffae.data.generate import folder_generator_params, model_generator_params, resolve_generated
+    from causaldiffae.data.simulator import simulator_from_params
+
+    trained_on = model_generator_params(args.run, meta) if args.run else None  # the rendering the run saw
+    gen = None if args.labelled_images else folder_generator_params(resolve_generated(args.data, size, trained_on))
+    simulator = simulator_from_params(gen) if gen else None
+    if simulator is not None:
+        print(f"training on {args.n_samples} independent draws of the {simulator!r} (every factor varies on its own)")
     path = train_predictors(graph, dataset, out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                            device=args.device, progress=not args.no_progress)
-    mae = load_predictors(path).meta.get("val_mae", {})
-    print("held-out MAE (normalised units): " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} -" for k, v in mae.items()))
+                            device=args.device, progress=not args.no_progress, simulator=simulator,
+                            n_samples=args.n_samples, size=size, categorical=args.categorical)
+    loaded = load_predictors(path).meta
+    mae, acc = loaded.get("val_mae", {}), loaded.get("val_accuracy", {})
+    print("held-out MAE (normalised units): " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} -" for k, v in mae.items())
+          + "".join(f"; {k} accuracy {v:.4f}" for k, v in acc.items() if v is not None))
     print(f"wrote {path}")
     return 0
 
@@ -325,7 +340,10 @@ def _evaluate(args) -> int:
 
         raise ConfigError(f"unknown metric(s) {unknown}; known: {', '.join(M.METRICS)}")
     size = model.image_shape[1]
-    dataset = open_dataset(args.data, model.graph.label_columns, size=size, split=args.split)
+    from causaldiffae.data.generate import model_generator_params, resolve_generated
+
+    data_spec = resolve_generated(args.data, size, model_generator_params(args.run, meta))  # the rendering it was trained on
+    dataset = open_dataset(data_spec, model.graph.label_columns, size=size, split=args.split)
     predictors = None
     ppath = Path(args.predictors) if args.predictors else default_predictors_path(args.run)
     if not args.predictors and not ppath.exists():  # a checkpoint file X.safetensors (a shipped model): X.predictors.safetensors
@@ -338,7 +356,7 @@ def _evaluate(args) -> int:
         predictors = load_predictors(ppath, device=args.device)
         if predictors.graph.nodes != model.graph.nodes:
             raise CheckpointError(f"{ppath} predicts nodes {predictors.graph.nodes}, the model has {model.graph.nodes}")
-    found = M.find_simulator(args.data, size)
+    found = M.find_simulator(data_spec, size)
     simulator, sim_size = (found[0], found[1]) if found else (None, None)
     results = M.evaluate(
         model, dataset, predictors=predictors, simulator=simulator, n=args.n, steps=args.steps, strength=args.strength,

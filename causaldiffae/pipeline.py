@@ -41,9 +41,12 @@ def resolve_graph_and_data(graph_spec: str | os.PathLike | CausalGraph, data_spe
     Returns ``(graph, dataset, data_info)``; nodes without declared ``loc``/``scale`` get the data's.
     """
     from causaldiffae.data import open_dataset
+    from causaldiffae.data.generate import folder_generator_params, resolve_generated
 
     graph = graph_spec if isinstance(graph_spec, CausalGraph) else CausalGraph.load(graph_spec)
-    dataset = open_dataset(data_spec, graph.label_columns, size=size, split="train")
+    folder = resolve_generated(data_spec, size)
+    dataset = open_dataset(folder, graph.label_columns, size=size, split="train")
+    generator = folder_generator_params(folder)
     loc, scale = dataset.label_stats()
     graph = graph.with_label_stats(loc, scale)
     lo, hi = dataset.label_range()
@@ -53,6 +56,8 @@ def resolve_graph_and_data(graph_spec: str | os.PathLike | CausalGraph, data_spe
         "channels": dataset.channels,
         "label_range": {n: [float(lo[i]), float(hi[i])] for i, n in enumerate(graph.nodes)},
     }
+    if generator is not None:
+        info["generator"] = generator  # the renderer's parameters, so evaluation can render the same scenes
     return graph, dataset, info
 
 

@@ -74,7 +74,7 @@ def test_true_counterfactual_rejects_unknown_nodes_and_bad_lengths():
 def test_generated_folder_loads_back_exactly_and_is_cached(tmp_path):
     out = generate_dataset("pendulum", tmp_path / "pend", size=16, n=12, seed=5, progress=False)
     meta = json.loads((out / "generator.json").read_text())
-    assert meta == {"generator": "pendulum", "version": 1, "size": 16, "n": 12, "seed": 5}
+    assert meta == {"generator": "pendulum", "version": 1, "size": 16, "n": 12, "seed": 5, "shadow_width": 2.0}
     table = pd.read_csv(out / "labels.csv")
     assert list(table.columns[:5]) == ["file", *PENDULUM_COLUMNS] and len(table) == 12
     ds = load_folder(out, PENDULUM_COLUMNS)

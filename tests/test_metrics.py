@@ -244,9 +244,10 @@ def test_find_simulator_reads_generator_json(tmp_path):
     assert M.find_simulator(tmp_path) is None
     (tmp_path / "generator.json").write_text(json.dumps({"generator": "pendulum", "size": 24}))
     fn, size, name = M.find_simulator(tmp_path)
-    from causaldiffae.data.pendulum import true_counterfactual
+    from causaldiffae.data.pendulum import PendulumSimulator
 
-    assert fn is true_counterfactual and size == 24 and name == "pendulum"
+    # the folder's simulator, with its parameters (a folder without shadow_width is the legacy renderer)
+    assert isinstance(fn, PendulumSimulator) and fn.shadow_width == 0.5 and size == 24 and name == "pendulum"
     (tmp_path / "generator.json").write_text(json.dumps({"generator": "other"}))
     with pytest.raises(DataError, match="unknown generator"):
         M.find_simulator(tmp_path)

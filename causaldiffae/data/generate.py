@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,32 +30,35 @@ def data_cache_dir() -> Path:
     return Path(os.environ.get("CAUSALDIFFAE_DATA", Path.home() / ".cache" / "causaldiffae" / "data"))
 
 
-def _generate_tables(name: str, size: int, n: int | None, seed: int):
-    if name == "pendulum":
-        from causaldiffae.data.pendulum import pendulum_grid, render_pendulum, sample_pendulum, split_pendulum
+def generated_folder_name(name: str, size: int = 32, **params: Any) -> str:
+    """The data-cache folder of a generated set: ``NAME-SIZE``, plus ``-KEYVALUE`` for every
+    generator parameter that differs from its default (so different renderings never share a folder)."""
+    from causaldiffae.data.simulator import get_simulator
 
-        table = pendulum_grid() if n is None else sample_pendulum(n, seed)
-        table["split"] = split_pendulum(table)
-        return table, lambda t: render_pendulum(t, size)
-    if name == "morphomnist":
-        from causaldiffae.data.morphomnist import pad_to, render_morphomnist, sample_morphomnist
-
-        table = sample_morphomnist(5000 if n is None else n, seed)
-        split = np.full(len(table), "train", dtype=object)
-        split[3::4] = "test"
-        table["split"] = split
-        return table, lambda t: pad_to(render_morphomnist(t), size)
-    raise DataError(f"unknown generated data set {name!r}; known: {', '.join(GENERATORS)}")
+    defaults = get_simulator(name, size=size).params()
+    extra = "".join(f"-{k}{params[k]:g}" if isinstance(params[k], float) else f"-{k}{params[k]}"
+                    for k in sorted(params) if k in defaults and params[k] != defaults[k])
+    return f"{name}-{size}{extra}"
 
 
 def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int | None = None, seed: int = 0,
-                     progress: bool = True, chunk: int = 256) -> Path:
-    """Generate a data set into ``out`` (cached: an identical earlier run is reused). Returns ``out``."""
+                     progress: bool = True, chunk: int = 256, **generator_params: Any) -> Path:
+    """Generate a data set into ``out`` (cached: an identical earlier run is reused). Returns ``out``.
+
+    ``generator_params`` are the simulator's parameters (Pendulum: ``shadow_width``); all of them
+    are written to ``generator.json``, so the folder's simulator can be rebuilt exactly
+    (:func:`causaldiffae.data.simulator.simulator_from_params`).
+    """
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from causaldiffae.data.simulator import SIMULATORS, get_simulator
+
+    if name not in SIMULATORS:
+        raise DataError(f"unknown generated data set {name!r}; known: {', '.join(GENERATORS)}")
+    sim = get_simulator(name, size=size, **generator_params)
     out = Path(out)
-    params = {"generator": name, "version": GENERATOR_VERSION, "size": size, "n": n, "seed": seed}
+    params = {"generator": name, "version": GENERATOR_VERSION, "size": size, "n": n, "seed": seed, **sim.params()}
     meta = out / "generator.json"
     if meta.exists():
         try:
@@ -67,7 +70,8 @@ def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int |
         if not meta.exists() and any(out.iterdir()) and not (out / "labels.csv").exists() and not (out / "images").exists():
             raise DataError(f"{out} exists and is not a generated data set; choose another --out")
         shutil.rmtree(out)
-    table, render = _generate_tables(name, size, n, seed)
+    table = sim.dataset_table(n, seed)
+    render = sim.render
     (out / "images").mkdir(parents=True)
     files = [f"images/{i:05d}.png" for i in range(len(table))]
     for s in tqdm(range(0, len(table), chunk), desc=f"generate {name}", disable=not progress, unit="chunk"):
@@ -80,17 +84,37 @@ def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int |
     return out
 
 
-def open_dataset(spec: Any, columns: Sequence[str], size: int | None = None, split: str | None = None) -> ImageLabelDataset:
+def resolve_generated(spec: Any, size: int | None = None, generator: Mapping[str, Any] | None = None) -> Any:
+    """A generated data set's name -> its folder in :func:`data_cache_dir` (generated on first use);
+    any other spec is returned unchanged.
+
+    ``generator`` holds the generator parameters to use (e.g. the ones a model was trained on,
+    :func:`model_generator_params`); it is ignored unless it names the same generator.
+    """
+    s = str(spec)
+    if isinstance(spec, ImageLabelDataset) or s not in GENERATORS or Path(s).exists():
+        return spec
+    size = int(size or 32)
+    params = {k: v for k, v in dict(generator or {}).items() if k not in ("generator", "version", "size", "n", "seed", "note")}
+    if generator and generator.get("generator") not in (None, s):
+        params = {}
+    folder = data_cache_dir() / generated_folder_name(s, size, **params)
+    return generate_dataset(s, folder, size=size, **params)
+
+
+def open_dataset(spec: Any, columns: Sequence[str], size: int | None = None, split: str | None = None,
+                 generator: Mapping[str, Any] | None = None) -> ImageLabelDataset:
     """Open a data set from a spec: an :class:`ImageLabelDataset` (returned as is), a folder with
     ``labels.csv``, an ``.npz``, or a generated data set's name (generated into
-    :func:`data_cache_dir` on first use). ``split`` picks rows of a ``split`` column."""
+    :func:`data_cache_dir` on first use, with the generator parameters ``generator`` if given,
+    see :func:`resolve_generated`). ``split`` picks rows of a ``split`` column."""
     from causaldiffae.data.folder import load_folder, load_npz
 
     if isinstance(spec, ImageLabelDataset):
         return spec
     s = str(spec)
     if s in GENERATORS and not Path(s).exists():
-        folder = generate_dataset(s, data_cache_dir() / f"{s}-{size or 32}", size=size or 32)
+        folder = resolve_generated(s, size, generator)
         return load_folder(folder, columns, size=size, split=split)
     p = Path(s)
     if p.suffix == ".npz":
@@ -100,30 +124,65 @@ def open_dataset(spec: Any, columns: Sequence[str], size: int | None = None, spl
     raise DataError(f"data {s!r} is neither a folder with labels.csv, an .npz file, nor a generated data set ({', '.join(GENERATORS)})")
 
 
-def simulate(name: str, n: int, seed: int = 0, size: int = 32):
-    """Draw ``n`` fresh scenes from a generator: ``(uint8 images (n, size, size, C), label table)``.
+def simulate(name: str, n: int, seed: int = 0, size: int = 32, **generator_params: Any):
+    """Draw ``n`` fresh scenes from a generator's SCM: ``(uint8 images (n, size, size, C), label table)``.
 
-    The table carries the exogenous columns that :func:`true_counterfactual_function` needs.
+    The table carries the exogenous columns that the true counterfactual needs. Fresh draws may
+    repeat training scenes (Pendulum's grid is finite, Morpho-MNIST's digits are 5,000): to show
+    held-out scenes use ``get_simulator(name).split_rows("test")``.
     """
-    if name == "pendulum":
-        from causaldiffae.data.pendulum import render_pendulum, sample_pendulum
+    from causaldiffae.data.simulator import get_simulator
 
-        table = sample_pendulum(n, seed)
-        return render_pendulum(table, size), table
-    if name == "morphomnist":
-        from causaldiffae.data.morphomnist import pad_to, render_morphomnist, sample_morphomnist
-
-        table = sample_morphomnist(n, seed)
-        return pad_to(render_morphomnist(table), size), table
-    raise DataError(f"unknown generated data set {name!r}; known: {', '.join(GENERATORS)}")
+    return get_simulator(name, size=size, **generator_params).sample(n, seed)
 
 
-def true_counterfactual_function(name: str):
-    """The simulator's ``true_counterfactual(table, do, size)`` for a generated data set."""
-    if name == "pendulum":
-        from causaldiffae.data.pendulum import true_counterfactual
-    elif name == "morphomnist":
-        from causaldiffae.data.morphomnist import true_counterfactual
-    else:
-        raise DataError(f"no simulator for {name!r}; known: {', '.join(GENERATORS)}")
-    return true_counterfactual
+def true_counterfactual_function(name: str, params: Mapping[str, Any] | None = None):
+    """The simulator of a generated data set (callable as ``true_counterfactual(table, do, size)``).
+
+    ``params``: the folder's ``generator.json`` (missing parameters take the legacy values, see
+    :func:`causaldiffae.data.simulator.simulator_from_params`); None: the current defaults.
+    """
+    from causaldiffae.data.simulator import get_simulator, simulator_from_params
+
+    if params is not None:
+        return simulator_from_params({**params, "generator": name})
+    return get_simulator(name)
+
+
+PRETRAINED_GENERATORS = Path(__file__).resolve().parent.parent / "pretrained" / "generators.json"
+
+
+def model_generator_params(run: Any, meta: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The generator parameters a model was trained on, or None if unknown.
+
+    From the checkpoint's data info (``meta["data"]["generator"]``, recorded by training on a
+    generated folder), else, for a shipped model named ``run``, from
+    ``causaldiffae/pretrained/generators.json`` (the shipped Pendulum model was trained on the
+    legacy thin shadow, so its evaluation and demo must render that one).
+    """
+    data = (meta or {}).get("data") if isinstance(meta, Mapping) else None
+    if isinstance(data, Mapping) and isinstance(data.get("generator"), Mapping):
+        return dict(data["generator"])
+    name = str(run)
+    if PRETRAINED_GENERATORS.is_file() and not Path(name).exists():
+        try:
+            registry = json.loads(PRETRAINED_GENERATORS.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{PRETRAINED_GENERATORS} is not valid JSON: {e}") from None
+        if name in registry:
+            return dict(registry[name])
+    return None
+
+
+def folder_generator_params(spec: Any) -> dict[str, Any] | None:
+    """The ``generator.json`` of a generated folder (None for anything else)."""
+    if isinstance(spec, ImageLabelDataset):
+        return None
+    meta = Path(str(spec)) / "generator.json"
+    if not meta.is_file():
+        return None
+    try:
+        params = json.loads(meta.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise DataError(f"{meta} is not readable JSON: {e}") from None
+    return params if isinstance(params, dict) and "generator" in params else None

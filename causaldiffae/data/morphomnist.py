@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from causaldiffae.data.simulator import Simulator
 from causaldiffae.errors import DataError
 
 MORPHO_COLUMNS = ["digit", "thickness", "intensity"]
@@ -409,3 +410,78 @@ def true_counterfactual(table: pd.DataFrame, do: Mapping[str, Any | Callable], s
         "eps_intensity": eps,
     })
     return pad_to(render_morphomnist(cf), size), cf
+
+
+# ----------------------------------------------------------------------------------------------
+# the simulator interface
+# ----------------------------------------------------------------------------------------------
+
+DIGIT_NO_COUNTERFACTUAL = ("the digits are real MNIST handwriting: a digit of another class is another writer's, "
+                           "so do(digit) has no true counterfactual that keeps the style (ground truth is skipped)")
+
+
+class MorphoMNISTSimulator(Simulator):
+    """Morpho-MNIST as a :class:`~causaldiffae.data.simulator.Simulator` (images zero-padded to ``size``).
+
+    ``do(digit)`` has no exact counterfactual (:attr:`no_true_counterfactual`): the simulator can
+    only swap in a digit of the new class written by someone else, so metrics leave it out of
+    ground-truth figures. The digit is categorical (:attr:`categorical`).
+    """
+
+    name = "morphomnist"
+    nodes = tuple(MORPHO_COLUMNS)
+    exogenous = tuple(EXOGENOUS_COLUMNS)
+    categorical = {"digit": tuple(range(10))}
+    no_true_counterfactual = {"digit": DIGIT_NO_COUNTERFACTUAL}
+
+    def render(self, table: pd.DataFrame, size: int | None = None) -> np.ndarray:
+        return pad_to(render_morphomnist(table), size or self.size)
+
+    def sample_table(self, n: int, seed: int = 0) -> pd.DataFrame:
+        return sample_morphomnist(n, seed)
+
+    def dataset_table(self, n: int | None = None, seed: int = 0) -> pd.DataFrame:
+        table = sample_morphomnist(N_SOURCES if n is None else n, seed)
+        split = np.full(len(table), "train", dtype=object)
+        split[3::4] = "test"
+        table["split"] = split
+        return table
+
+    def independent_table(self, n: int, rng: np.random.Generator, split: str | None = "train") -> pd.DataFrame:
+        """Source digit, thickness and intensity drawn independently, each from its marginal.
+
+        Thickness is ``0.5 + Gamma(10, 5)``; intensity is the SCM's marginal (the intensity equation
+        of an independent thickness draw and noise); ``eps_intensity`` is the noise that makes the
+        row consistent with the equation, so its counterfactuals are defined. Sources come from the
+        ``split`` rows of :meth:`dataset_table` (None: all 5,000 digits).
+        """
+        _, labels = mnist_digits()
+        pool = np.arange(N_SOURCES) if split is None else self.dataset_table().query("split == @split")["source"].to_numpy()
+        if pool.size == 0:
+            raise DataError(f"the Morpho-MNIST data set has no {split!r} rows")
+        source = rng.choice(pool, size=n, replace=True)
+        thickness = 0.5 + rng.gamma(shape=10.0, scale=1 / 5.0, size=n)
+        intensity = intensity_equation(0.5 + rng.gamma(shape=10.0, scale=1 / 5.0, size=n), rng.standard_normal(n))
+        return pd.DataFrame({
+            "digit": labels[source].astype(np.int64),
+            "thickness": thickness,
+            "intensity": intensity,
+            "source": source.astype(np.int64),
+            "eps_intensity": abduct_eps_intensity(thickness, intensity),
+        })
+
+    def true_counterfactual(self, table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+        return true_counterfactual(table, do, size or self.size)
+
+    def field_metrics(self, images, intended: Mapping[str, Any], predictors=None, do: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The Morpho-MNIST benchmark's units (:func:`causaldiffae.data.morpho_benchmark.field_metrics`)."""
+        from causaldiffae.data.morpho_benchmark import field_metrics
+
+        return field_metrics(images, intended, predictors=predictors, do=do)
+
+    @property
+    def field_reference(self) -> Mapping[str, Any]:
+        """The benchmark's best published model (:data:`causaldiffae.data.morpho_benchmark.PUBLISHED_BEST`)."""
+        from causaldiffae.data.morpho_benchmark import PUBLISHED_BEST
+
+        return PUBLISHED_BEST

@@ -10,7 +10,8 @@ and light angle ``phi = light * pi / 200`` for integers ``angle`` in [-40, 43] a
 * the shadow: the pivot and the rod's outer end (10 + 9.5 sin theta, 10.5 - 9.5 cos theta) are
   projected onto the ground line y = -0.5 along the light, ``x' = x + (-0.5 - y) / tan phi``;
   with p1, p2 the two projections, ``shadow_position = (p1 + p2) / 2`` and
-  ``shadow_length = max(3, |p1 - p2|)``; drawn as a black segment centred at the position.
+  ``shadow_length = max(3, |p1 - p2|)``; drawn as a dark band centred at the position,
+  ``shadow_width`` data units thick (:func:`shadow_band`; default 2, legacy 0.5, docs/data.md).
 
 The children (shadow length and position) are deterministic functions of the parents, so a true
 counterfactual is exact: keep (angle, light), apply do(), recompute the children that were not
@@ -19,11 +20,13 @@ intervened on, render.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from causaldiffae.data.simulator import Simulator
 from causaldiffae.errors import DataError
 
 PENDULUM_COLUMNS = ["angle", "light", "shadow_length", "shadow_position"]
@@ -40,6 +43,8 @@ BALL = (139, 0, 0)
 ROD = (0, 0, 0)
 SUN = (255, 165, 0)
 SHADOW = (40, 40, 40)
+LEGACY_SHADOW_WIDTH = 0.5  # data units: about 0.7 pixel at 32 x 32 (the renderer before issue 12)
+SHADOW_WIDTH = 2.0  # data units (2.9 pixels at 32 x 32); see docs/data.md for the measurement that chose it
 
 
 def pendulum_structural(angle: Any, light: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +87,25 @@ def split_pendulum(table: pd.DataFrame) -> np.ndarray:
     return split
 
 
-def render_pendulum(table: pd.DataFrame | Mapping[str, Any], size: int = 32) -> np.ndarray:
+def shadow_band(shadow_width: float) -> tuple[float, float]:
+    """The vertical extent ``(y_low, y_high)`` (data units) of the drawn shadow of a given width.
+
+    The band is centred on the ground line y = -0.5 while it fits in the frame (width <= 1, the
+    legacy 0.5 included); a wider band rests on the frame's bottom edge y = -1, so none of it is cut off.
+    """
+    w = float(shadow_width)
+    centre = max(-0.5, Y_RANGE[0] + w / 2)
+    return centre - w / 2, centre + w / 2
+
+
+def render_pendulum(table: pd.DataFrame | Mapping[str, Any], size: int = 32, shadow_width: float | None = None) -> np.ndarray:
     """Render scenes from all four labels: ``(N, size, size, 3)`` uint8.
 
     The shadow is drawn from ``shadow_length`` and ``shadow_position`` as given (so an intervened
     shadow is drawn as intervened), the pendulum and the sun from ``angle`` and ``light``.
+    ``shadow_width`` is the shadow's thickness in data units (the frame is 22 units high, so it is
+    ``shadow_width * size / 22`` pixels); default :data:`SHADOW_WIDTH`, the images before it
+    existed used :data:`LEGACY_SHADOW_WIDTH`.
     """
     from PIL import Image, ImageDraw
 
@@ -100,7 +119,11 @@ def render_pendulum(table: pd.DataFrame | Mapping[str, Any], size: int = 32) -> 
         return (x - X_RANGE[0]) * sx, (Y_RANGE[1] - y) * sy
 
     rod_w = max(1, int(round(0.35 * sx)))
-    shadow_w = max(1, int(round(0.5 * sy)))
+    shadow_width = SHADOW_WIDTH if shadow_width is None else float(shadow_width)
+    if not np.isfinite(shadow_width) or shadow_width <= 0 or shadow_width > Y_RANGE[1] - Y_RANGE[0]:
+        raise DataError(f"shadow_width must be a positive number of data units (at most 22), got {shadow_width!r}")
+    shadow_w = max(1, int(round(shadow_width * sy)))
+    shadow_y = sum(shadow_band(shadow_width)) / 2
     out = np.empty((n, size, size, 3), np.uint8)
     for k in range(n):
         theta = cols["angle"][k] * np.pi / 200
@@ -111,7 +134,7 @@ def render_pendulum(table: pd.DataFrame | Mapping[str, Any], size: int = 32) -> 
         cx, cy = px(sun_x, 20.5)
         d.ellipse([cx - 3 * sx, cy - 3 * sy, cx + 3 * sx, cy + 3 * sy], fill=SUN)
         length, pos = cols["shadow_length"][k], cols["shadow_position"][k]
-        d.line([px(pos - length / 2, -0.5), px(pos + length / 2, -0.5)], fill=SHADOW, width=shadow_w)
+        d.line([px(pos - length / 2, shadow_y), px(pos + length / 2, shadow_y)], fill=SHADOW, width=shadow_w)
         bx, by = 10 + 8 * np.sin(theta), 10.5 - 8 * np.cos(theta)
         d.line([px(*PIVOT), px(bx, by)], fill=ROD, width=rod_w)
         cx, cy = px(bx, by)
@@ -131,13 +154,15 @@ def _apply(value: Any, factual: np.ndarray, name: str) -> np.ndarray:
         raise DataError(f"do({name}=...): got {new.shape} values for {factual.shape[0]} scenes") from None
 
 
-def true_counterfactual(table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
+def true_counterfactual(table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int = 32,
+                        shadow_width: float | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """The exact counterfactual of each scene in ``table`` under ``do``.
 
     Args:
         table: factual labels (physical units), columns as :data:`PENDULUM_COLUMNS`.
         do: node -> value, per-row values, or a callable of the factual values.
         size: image size.
+        shadow_width: the shadow's thickness in data units (see :func:`render_pendulum`).
 
     Returns:
         ``(images (N, size, size, 3) uint8, counterfactual label table)``: the parents keep their
@@ -154,4 +179,54 @@ def true_counterfactual(table: pd.DataFrame, do: Mapping[str, Any | Callable], s
     cf["shadow_length"] = _apply(do["shadow_length"], cf["shadow_length"], "shadow_length") if "shadow_length" in do else length
     cf["shadow_position"] = _apply(do["shadow_position"], cf["shadow_position"], "shadow_position") if "shadow_position" in do else position
     cf_table = pd.DataFrame(cf)
-    return render_pendulum(cf_table, size), cf_table
+    return render_pendulum(cf_table, size, shadow_width), cf_table
+
+
+@lru_cache(maxsize=1)
+def _marginal_ranges() -> dict[str, tuple[float, float]]:
+    grid = pendulum_grid()
+    return {c: (float(grid[c].min()), float(grid[c].max())) for c in PENDULUM_COLUMNS}
+
+
+class PendulumSimulator(Simulator):
+    """The Pendulum scene as a :class:`~causaldiffae.data.simulator.Simulator`.
+
+    Args:
+        size: render size.
+        shadow_width: the shadow's thickness in data units (default :data:`SHADOW_WIDTH`; folders
+            generated before the parameter existed used :data:`LEGACY_SHADOW_WIDTH`).
+    """
+
+    name = "pendulum"
+    nodes = tuple(PENDULUM_COLUMNS)
+    exogenous = ()
+
+    def __init__(self, size: int = 32, shadow_width: float = SHADOW_WIDTH) -> None:
+        super().__init__(size)
+        self.shadow_width = float(shadow_width)
+        render_pendulum(pendulum_table([0], [60]), 4, self.shadow_width)  # validates the width
+
+    def params(self) -> dict[str, Any]:
+        return {"shadow_width": self.shadow_width}
+
+    def render(self, table: pd.DataFrame, size: int | None = None) -> np.ndarray:
+        return render_pendulum(table, size or self.size, self.shadow_width)
+
+    def sample_table(self, n: int, seed: int = 0) -> pd.DataFrame:
+        return sample_pendulum(n, seed)
+
+    def dataset_table(self, n: int | None = None, seed: int = 0) -> pd.DataFrame:
+        table = pendulum_grid() if n is None else sample_pendulum(n, seed)
+        table["split"] = split_pendulum(table)
+        return table
+
+    def independent_table(self, n: int, rng: np.random.Generator, split: str | None = "train") -> pd.DataFrame:
+        """Angle, light, shadow length and shadow position each uniform over the grid's range, independently.
+
+        (There is no finite pool of sources, so ``split`` does not matter.)
+        """
+        ranges = _marginal_ranges()
+        return pd.DataFrame({c: rng.uniform(*ranges[c], size=n) for c in PENDULUM_COLUMNS})
+
+    def true_counterfactual(self, table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+        return true_counterfactual(table, do, size or self.size, self.shadow_width)

@@ -148,5 +148,5 @@ def find_simulator(data_spec: Any, size: int | None = None) -> tuple[Callable, i
     name = params.get("generator") if isinstance(params, dict) else None
     if name not in GENERATORS:
         raise DataError(f"{meta} names an unknown generator {name!r}; known: {', '.join(GENERATORS)}")
-    true_counterfactual = true_counterfactual_function(name)
+    true_counterfactual = true_counterfactual_function(name, params)  # a Simulator with the folder's parameters
     return true_counterfactual, int(params.get("size") or size or 32), name
