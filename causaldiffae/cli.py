@@ -91,41 +91,105 @@ def _data(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------- train
+TRAIN_EPILOG = """\
+how long: the default model (32x32) trains at about 0.8 s per step of 64 images on 2 CPU cores
+(16x16: about 4x faster, 64x64: about 4x slower); see docs/training.md#how-long for the measured
+table. A folder of about 1,000 images at 32x32 shows counterfactuals that visibly move the
+intervened factor after --time 10m (docs/getting-started.md); sharper images need hours
+(the shipped Pendulum model: 20,000 steps).
+
+examples:
+  causaldiffae train --graph my.dot --data my_images/ --time 10m --out runs/mine
+  causaldiffae train --graph pendulum --data pendulum --steps 20000 --out runs/pendulum
+  causaldiffae train --resume runs/mine --time 30m          # graph, data and config come from the run
+"""
+
+
 @command("train")
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a CausalDiffAE on a graph and a data set")
-    p.add_argument("--graph", required=True, help="graph file or shipped name")
-    p.add_argument("--data", required=True, help="data folder (images + labels.csv), .npz, or a generated name (pendulum, morphomnist)")
-    p.add_argument("--config", help="YAML/JSON file with sections 'model' and 'train'")
-    p.add_argument("--label-fraction", type=float, help="fraction of training images that keep their labels")
-    p.add_argument("--steps", type=int, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--size", type=int, help="image size (overrides the config)")
-    p.add_argument("--variant", choices=["causal", "diffae"], help="model variant (diffae: no mechanisms, a baseline)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("train", help="train a CausalDiffAE on a graph and a data set",
+                       description="Train a CausalDiffAE. The warm-up, EMA horizon, preview and checkpoint intervals follow "
+                                   "the run's length (--steps, or the steps a --time budget allows) unless a --config sets "
+                                   "them. The plan is printed first, a preview grid lands in RUN/preview.png four times per "
+                                   "run, and the last line scores the model on held-out images.",
+                       epilog=TRAIN_EPILOG)
+    p.add_argument("--graph", help="graph file (.dot/.gml/.yaml/.json) or shipped name; a new run needs it, --resume takes the run's")
+    p.add_argument("--data", help="data folder (images + labels.csv), .npz, or a generated name (pendulum, morphomnist); "
+                                  "a new run needs it, --resume takes the run's")
+    p.add_argument("--config", help="YAML/JSON file with sections 'model' and 'train' (default: the built-in defaults, docs/training.md)")
+    p.add_argument("--label-fraction", type=float, metavar="F",
+                   help="fraction in (0, 1] of training images that keep their labels (default: 1; fixed for the run's life)")
+    p.add_argument("--steps", type=int, metavar="N", help="total optimisation steps, >= 1 (default: 20000, or what --time allows)")
+    p.add_argument("--time", metavar="DURATION",
+                   help="time budget for training, e.g. 90s, 10m, 1h, 1h30m: the first steps' speed fixes the steps "
+                        "(at most --steps) and the schedule; stops with a checkpoint when the time is up")
+    p.add_argument("--batch-size", type=int, metavar="B", help="global batch size, >= 1 (default: 64)")
+    p.add_argument("--size", type=int, metavar="PX", help="image size in pixels, images are resized to it (default: 32)")
+    p.add_argument("--variant", choices=["causal", "diffae"], help="model variant (default: causal; diffae: no mechanisms, a baseline)")
+    p.add_argument("--seed", type=int, help="seeds the labelled subset, the initialisation and every draw (default: 0)")
+    p.add_argument("--out", metavar="RUN", help="run folder for a new run; refused if it holds a run, unless --overwrite")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint (--steps/--time extend it)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its checkpoint, log, previews)")
+    p.add_argument("--check-images", type=int, default=64, metavar="N",
+                   help="held-out images of the final check (reconstruction, interventions); 0: skip it (default: 64)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: print one line per log interval instead")
     p.set_defaults(func=_train)
 
 
-def _train(args) -> int:
+def _check_train_args(args):
+    """Every train argument, checked before anything is read or written; returns the time budget (s) or None."""
     from causaldiffae.errors import ConfigError
-    from causaldiffae.pipeline import prepare_training
-    from causaldiffae.training import train
+    from causaldiffae.training import existing_run_files, parse_duration
 
+    if args.out and args.resume:
+        raise ConfigError("give either --out RUN (a new run) or --resume RUN (continue one), not both")
     if not args.out and not args.resume:
         raise ConfigError("give --out RUN for a new run or --resume RUN to continue one")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.label_fraction is not None and not 0.0 < args.label_fraction <= 1.0:
+        raise ConfigError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
+    if args.size is not None and not 4 <= args.size <= 1024:
+        raise ConfigError(f"--size must be between 4 and 1024 pixels, got {args.size}")
+    if args.check_images < 0:
+        raise ConfigError(f"--check-images must be >= 0, got {args.check_images}")
+    budget = parse_duration(args.time) if args.time is not None else None
+    if args.resume:
+        if args.overwrite:
+            raise ConfigError("--overwrite replaces a run; it cannot go with --resume")
+        if not (Path(args.resume) / "checkpoint.safetensors").exists() and not Path(args.resume).is_file():
+            raise ConfigError(f"--resume {args.resume}: no checkpoint.safetensors there to continue from")
+    else:
+        if not args.graph or not args.data:
+            raise ConfigError("a new run needs --graph and --data")
+        found = existing_run_files(args.out)
+        if found and not args.overwrite:
+            raise ConfigError(f"{args.out} already holds a run ({', '.join(found)}); pass --resume {args.out} to continue it "
+                              f"or --overwrite to replace it")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} is a file, not a folder")
+    return budget
+
+
+def _train(args) -> int:
+    from causaldiffae.pipeline import open_heldout, prepare_training
+    from causaldiffae.training import train
+
+    budget = _check_train_args(args)
     run_dir = args.resume or args.out
     graph, dataset, config, data_info = prepare_training(
-        args.graph, args.data, config_path=args.config, resume=args.resume,
+        args.graph, args.data, config_path=args.config, resume=args.resume, time_budget=budget,
         overrides={"train.label_fraction": args.label_fraction, "train.steps": args.steps, "train.batch_size": args.batch_size,
                    "train.seed": args.seed, "model.unet.image_size": args.size, "model.variant": args.variant},
     )
-    path = train(graph, dataset, run_dir, config, resume=bool(args.resume), device=args.device,
-                 progress=not args.no_progress, data_info=data_info)
-    print(f"checkpoint: {path}")
+    heldout, what = (open_heldout(data_info["source"], graph, config.model.unet.image_size) if args.check_images
+                     else (None, ""))
+    train(graph, dataset, run_dir, config, resume=bool(args.resume), device=args.device, progress=not args.no_progress,
+          data_info=data_info, time_budget=budget, overwrite=args.overwrite, heldout=heldout,
+          heldout_n=args.check_images or 64, heldout_what=what)
     return 0
 
 

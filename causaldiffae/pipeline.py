@@ -61,25 +61,61 @@ def resolve_graph_and_data(graph_spec: str | os.PathLike | CausalGraph, data_spe
     return graph, dataset, info
 
 
+# Options a run fixes when it starts: on resume they come from the run, and another value is refused
+# (the CLI flag is named in the message).
+RUN_FIXED = {"train.label_fraction": "--label-fraction", "train.batch_size": "--batch-size", "train.seed": "--seed",
+             "model.unet.image_size": "--size", "model.variant": "--variant"}
+
+# ``train.steps`` when only a time budget bounds the run (the first steps' speed then fixes it).
+UNBOUNDED_STEPS = 10**7
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    obj: Any = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def prepare_training(
-    graph_spec: str | os.PathLike | CausalGraph,
+    graph_spec: str | os.PathLike | CausalGraph | None,
     data_spec: Any,
     config_path: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
+    time_budget: float | None = None,
 ):
     """Everything :func:`~causaldiffae.training.train` needs, from a graph, data and config spec.
 
     ``overrides`` maps dotted config keys (``"train.steps"``) to values; None values are ignored.
-    On resume, the run's own config is used (only ``train.steps`` may be raised).
+    On resume, the run's own config is used: only ``train.steps`` may change (another value of a
+    key in :data:`RUN_FIXED`, or a config file, is refused with a ConfigError), and the graph and
+    the data default to the run's own (``graph_spec`` / ``data_spec`` None). With a
+    ``time_budget`` and no ``train.steps``, the steps are left open (the budget decides).
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if time_budget is not None and "train.steps" not in overrides:
+        overrides["train.steps"] = UNBOUNDED_STEPS
     if resume:
         _, meta = load_checkpoint(resume)
         config = RunConfig.from_dict(meta["config"])
+        if config_path:
+            raise ConfigError(f"--config {config_path} cannot change the run {resume}: a resumed run keeps its own config")
+        for key, flag in RUN_FIXED.items():
+            if key in overrides and overrides[key] != _get(config, key):
+                raise ConfigError(f"{flag} {overrides[key]} differs from the run's {_get(config, key)} ({resume}); "
+                                  f"a run keeps it from start to end: drop {flag}, or start a new run with --out")
         if "train.steps" in overrides:
             config.train.steps = overrides["train.steps"]
+        if graph_spec is None:
+            graph_spec = CausalGraph.from_dict(meta["graph"])
+        if data_spec is None:
+            data_spec = meta.get("data", {}).get("source")
+            if data_spec is None:
+                raise ConfigError(f"{resume} does not record its data; give --data")
     else:
+        if graph_spec is None or data_spec is None:
+            raise ConfigError("a new run needs --graph and --data")
         config = RunConfig.load(config_path) if config_path else RunConfig()
         for k, v in overrides.items():
             _set(config, k, v)
@@ -91,34 +127,58 @@ def prepare_training(
     return graph, dataset, config, info
 
 
+def open_heldout(data_spec: Any, graph: CausalGraph, size: int):
+    """The images a run is judged on: the data's ``test`` split, or, when the data has no split,
+    its training images (named so). Returns ``(dataset, what)``."""
+    from causaldiffae.data import open_dataset
+
+    test = open_dataset(data_spec, graph.label_columns, size=size, split="test")
+    has_split = test.extra is not None and "split" in getattr(test.extra, "columns", [])
+    return test, ("held-out (test split)" if has_split else "training-image (the data has no test split)")
+
+
 def fit(
-    graph: str | os.PathLike | CausalGraph,
+    graph: str | os.PathLike | CausalGraph | None,
     data: Any,
     run_dir: str | os.PathLike,
     config: RunConfig | str | os.PathLike | None = None,
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    time: float | str | None = None,
+    overwrite: bool = False,
+    check: bool = True,
     **overrides: Any,
 ) -> Path:
     """Train from Python exactly as ``causaldiffae train`` does.
 
     ``overrides`` use underscores for dots, e.g. ``train_steps=500``, ``model_variant="diffae"``, or
-    the short forms ``steps``, ``label_fraction``, ``batch_size``, ``seed``, ``size``.
+    the short forms ``steps``, ``label_fraction``, ``batch_size``, ``seed``, ``size``. ``time`` is a
+    budget (seconds or ``"10m"``); the schedule (warm-up, EMA, previews, checkpoints) follows the
+    run's length unless given. ``overwrite`` replaces a previous run in ``run_dir`` (else refused);
+    ``check`` runs the held-out check at the end (``RUN/summary.json``). On resume, ``graph`` and
+    ``data`` may be None (the run's own).
     """
+    from causaldiffae.training import parse_duration
+
+    budget = parse_duration(time) if isinstance(time, str) else (float(time) if time is not None else None)
     short = {"steps": "train.steps", "label_fraction": "train.label_fraction", "batch_size": "train.batch_size",
              "seed": "train.seed", "size": "model.unet.image_size", "variant": "model.variant"}
     dotted = {short.get(k, k.replace("_", ".", 1)): v for k, v in overrides.items()}
     if isinstance(config, RunConfig):
         base = config
-        g, dataset, _, info = prepare_training(graph, data, None, run_dir if resume else None, dotted)
+        g, dataset, _, info = prepare_training(graph, data, None, run_dir if resume else None, dotted, time_budget=budget)
         for k, v in dotted.items():
             _set(base, k, v)
+        if budget is not None and "train.steps" not in dotted:
+            base.train.steps = UNBOUNDED_STEPS
         base.model.unet.in_channels = dataset.channels
         cfg = base
     else:
-        g, dataset, cfg, info = prepare_training(graph, data, config, run_dir if resume else None, dotted)
-    return train(g, dataset, run_dir, cfg, resume=resume, device=device, progress=progress, data_info=info)
+        g, dataset, cfg, info = prepare_training(graph, data, config, run_dir if resume else None, dotted, time_budget=budget)
+    heldout, what = open_heldout(info["source"], g, cfg.model.unet.image_size) if check else (None, "")
+    return train(g, dataset, run_dir, cfg, resume=resume, device=device, progress=progress, data_info=info,
+                 time_budget=budget, overwrite=overwrite, heldout=heldout, heldout_what=what)
 
 
 # --------------------------------------------------------------------------- CLI jobs

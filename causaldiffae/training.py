@@ -41,22 +41,59 @@ from causaldiffae.model import (  # noqa: F401  (build_model, checkpoint_meta, l
 )
 
 
+# The schedule of a run follows its length unless set explicitly: a run of ``steps`` steps warms the
+# KL and label terms up over its first fifth, averages weights over about a twentieth of it (EMA
+# horizon 1 / (1 - decay)), writes four preview grids, ten checkpoints and fifty log lines. From
+# 10,000 steps on these are the long-run values (2,000 / 0.999 / 2,000 / 500 / 50): a long run
+# trains as it always did, and a 400-step run is not cut off inside a 2,000-step warm-up.
+def auto_warmup_steps(steps: int) -> int:
+    return max(1, min(2000, steps // 5))
+
+
+def auto_ema_decay(steps: int) -> float:
+    return min(0.999, max(0.9, 1.0 - 20.0 / max(steps, 1)))
+
+
+def auto_sample_every(steps: int) -> int:
+    return max(1, min(2000, steps // 4))
+
+
+def auto_checkpoint_every(steps: int) -> int:
+    return max(1, min(500, steps // 10))
+
+
+def auto_log_every(steps: int) -> int:
+    return max(1, min(50, steps // 50))
+
+
+_AUTO = {"warmup_steps": auto_warmup_steps, "ema_decay": auto_ema_decay, "sample_every": auto_sample_every,
+         "checkpoint_every": auto_checkpoint_every, "log_every": auto_log_every}
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (the model's own settings live in :class:`ModelConfig`).
+
+    The fields that default to None follow the run's length (``auto_*`` above; see
+    :meth:`resolved`); a number given explicitly always wins. Configs saved before this rule
+    hold explicit numbers, so old runs resume with the schedule they were started with.
 
     Attributes:
         steps: total optimisation steps (the run stops there; ``--steps`` on the CLI).
         batch_size: global batch size (split across processes).
         lr, weight_decay, betas: AdamW.
         grad_clip: max global gradient norm (0 = off).
-        ema_decay: decay of the exponential moving average of the weights used for sampling.
-        warmup_steps: gamma(step) ramps linearly from 0 to 1 over this many steps.
+        ema_decay: decay of the exponential moving average of the weights used for sampling
+            (None: ``1 - 20 / steps`` within [0.9, 0.999]).
+        warmup_steps: gamma(step) ramps linearly from 0 to 1 over this many steps (None: a fifth of
+            the run, at most 2,000).
         label_fraction: fraction of the training set that keeps its labels (fixed, seeded subset).
         seed: seeds the labelled subset, the initialisation and every per-step draw.
-        checkpoint_every: steps between checkpoints (also written at the end).
-        log_every: steps between JSON log lines in RUN/log.jsonl.
-        sample_every: steps between PNG grids in RUN/samples (0 = off).
+        checkpoint_every: steps between checkpoints, also written at the end and on Ctrl-C
+            (None: a tenth of the run, at most 500).
+        log_every: steps between JSON log lines in RUN/log.jsonl (None: a fiftieth, at most 50).
+        sample_every: steps between preview grids in RUN/samples, also written at the end (0 = off;
+            None: a quarter of the run, at most 2,000).
         sample_steps: DDIM steps for those grids.
     """
 
@@ -66,27 +103,40 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    warmup_steps: int = 2000
+    ema_decay: float | None = None
+    warmup_steps: int | None = None
     label_fraction: float = 1.0
     seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 50
-    sample_every: int = 2000
-    sample_steps: int = 20
+    checkpoint_every: int | None = None
+    log_every: int | None = None
+    sample_every: int | None = None
+    sample_steps: int = 10
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
-        if self.steps < 0 or self.batch_size < 1:
-            raise ConfigError(f"steps must be >= 0 and batch_size >= 1, got {self.steps} and {self.batch_size}")
-        if not 0.0 <= self.ema_decay < 1.0:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("checkpoint_every", "log_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "sample_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def resolved(self, steps: int | None = None) -> "TrainConfig":
+        """A copy with every schedule field that is None filled in for a run of ``steps`` (default: ``self.steps``)."""
+        steps = self.steps if steps is None else steps
+        fill = {k: rule(steps) for k, rule in _AUTO.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, steps=steps, **fill)
 
     def gamma(self, step: int) -> float:
         """The warm-up weight gamma(step) of the KL and label terms."""
-        return 1.0 if self.warmup_steps <= 0 else min(1.0, step / self.warmup_steps)
+        warmup = self.warmup_steps if self.warmup_steps is not None else auto_warmup_steps(self.steps)
+        return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
 @dataclass
@@ -276,6 +326,95 @@ class _Loss(torch.nn.Module):
             return self.model.loss_terms(images, labels, gamma=gamma, t=noise.t, noise=noise.noise, cond_mask=noise.cond_mask)
 
 
+RUN_FILES = (CHECKPOINT_NAME, "config.json", "log.jsonl", "summary.json", "preview.png", "samples")
+
+
+def existing_run_files(run_dir: str | os.PathLike) -> list[str]:
+    """The files of a previous run in ``run_dir`` (empty when there is none)."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def clear_run(run_dir: str | os.PathLike) -> None:
+    """Remove a previous run's files from ``run_dir`` (only those :data:`RUN_FILES` names; nothing else)."""
+    import shutil
+
+    for name in existing_run_files(run_dir):
+        path = Path(run_dir) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"1h30m"``, ``"1.5h"`` or plain seconds ``"600"`` -> seconds (> 0)."""
+    import re
+
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?", t)
+    if not t or m is None or not any(m.groups()) or (m.group(3) and not t.endswith("s") and (m.group(1) or m.group(2))):
+        raise ConfigError(f"cannot read the time budget {text!r}: use e.g. 90s, 10m, 1h or 1h30m")
+    h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+    seconds = 3600 * h + 60 * mi + sec
+    if seconds <= 0:
+        raise ConfigError(f"the time budget must be positive, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> ``"45 s"``, ``"12.5 min"``, ``"1.6 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep only the rows of ``path`` (log.jsonl) up to ``last_step``: a resumed run rewrites the
+    steps after its checkpoint, and the log must not hold a step twice."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line of a killed run
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) while training: the first one asks the loop to stop after the current step
+    (then a checkpoint is written); a second one interrupts at once, without saving."""
+
+    def __init__(self, say) -> None:
+        self.requested = False
+        self.forced = False
+        self._say = say
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+        self._say("Ctrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to quit without saving)")
+
+    def __enter__(self) -> "_StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def train(
     graph: CausalGraph,
     dataset,
@@ -285,18 +424,39 @@ def train(
     device: str | None = None,
     progress: bool = True,
     data_info: Mapping[str, Any] | None = None,
+    time_budget: float | None = None,
+    overwrite: bool = False,
+    verbose: bool = True,
+    heldout=None,
+    heldout_n: int = 64,
+    heldout_steps: int = 10,
+    heldout_what: str = "held-out",
 ) -> Path:
     """Train a CausalDiffAE on ``dataset`` and write checkpoints into ``run_dir``.
 
     Args:
         graph: the causal graph (label normalisation should already be filled in).
         dataset: an :class:`~causaldiffae.data.ImageLabelDataset` (labels in label units).
-        run_dir: output folder: ``checkpoint.safetensors``, ``config.json``, ``log.jsonl``, ``samples/``.
-        config: model and optimisation settings.
+        run_dir: output folder: ``checkpoint.safetensors``, ``config.json``, ``log.jsonl``,
+            ``samples/`` and ``preview.png`` (the latest preview grid).
+        config: model and optimisation settings (schedule fields left None follow the run's length).
         resume: continue from ``run_dir``'s checkpoint (its config wins; ``config.train.steps`` may extend it).
         device: "cpu" or "cuda" (default: cuda when available).
-        progress: show a tqdm bar on the main process.
+        progress: show a tqdm bar on the main process (without one, a line per log interval is printed).
         data_info: JSON-safe description of the data (stored in checkpoints).
+        time_budget: seconds of training: the speed of the first steps fixes the number of steps
+            (at most ``config.train.steps``, counted from the resume point) and with it the schedule;
+            the run stops with a checkpoint when the time is up.
+        overwrite: replace a previous run in ``run_dir`` (without it, and without ``resume``, a
+            folder holding a run is refused).
+        verbose: print the plan, the measured speed and where things were written.
+        heldout: a data set of images the run did not train on (e.g. the test split): at the end,
+            :func:`heldout_summary` on ``heldout_n`` of them at ``heldout_steps`` DDIM steps is written
+            to ``RUN/summary.json`` and printed as the last line (``heldout_what`` names the images).
+            A time budget keeps time for it.
+
+    Ctrl-C stops after the current step, writes a checkpoint and raises KeyboardInterrupt; the
+    message says from which step ``resume`` continues. ``log.jsonl`` never holds a step twice.
 
     Returns:
         The checkpoint path.
@@ -307,6 +467,13 @@ def train(
     start = 0
     tensors: dict[str, torch.Tensor] | None = None
     meta: dict[str, Any] = {}
+
+    def say(msg: str) -> None:
+        if verbose and info.is_main:
+            tqdm.write(msg)
+
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"time_budget must be > 0 seconds, got {time_budget}")
     if resume:
         tensors, meta = load_checkpoint(ckpt_path)
         if "exported" in meta:
@@ -316,13 +483,26 @@ def train(
         graph = saved  # keeps the label normalisation the run started with
         steps = config.train.steps if config is not None else None
         config = RunConfig.from_dict(meta["config"])
-        if steps is not None:
-            config.train.steps = steps
         start = int(meta["step"])
+        if steps is not None and steps != config.train.steps:
+            # warm-up and EMA stay those of the run as started (a longer run must not re-open the
+            # warm-up); the intervals follow the new length
+            first = config.train.resolved()
+            config.train.warmup_steps, config.train.ema_decay = first.warmup_steps, first.ema_decay
+            config.train.steps = steps
+        if time_budget is None and config.train.steps < start:
+            raise ConfigError(f"{ckpt_path} is already at step {start}; give --steps above {start} to extend it")
+    else:
+        found = existing_run_files(run_dir)
+        if found and not overwrite:
+            raise TrainingError(f"{run_dir} already holds a run ({', '.join(found)}); pass --resume {run_dir} to continue it "
+                                f"or --overwrite to replace it")
     config = config or RunConfig()
-    tc, mc = config.train, config.model
+    tc, mc = config.train, config.model  # tc: resolved below, once the run's length is known
 
     labelled = dataset.with_label_fraction(tc.label_fraction, seed=tc.seed) if tc.label_fraction < 1.0 else dataset
+    if resume and meta.get("labelled_digest") not in (None, labelled.labelled_digest()):
+        raise TrainingError(f"{ckpt_path}: the labelled subset differs from the one the run started with")
     model = build_model(graph, mc, seed=tc.seed).to(info.device)
     ema = model.ema_copy()
     decay_params = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -344,68 +524,282 @@ def train(
     data_meta = {**(data_info or {}), "n": len(dataset), "label_fraction": tc.label_fraction, "labelled": labelled.labelled_count()}
     extra = {"labelled_digest": labelled.labelled_digest()}
     if info.is_main:
+        if overwrite and not resume:
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps({"graph": graph.to_dict(), **config.to_dict(), "data": data_meta}, indent=2))
-        if resume and meta.get("labelled_digest") not in (None, extra["labelled_digest"]):
-            raise TrainingError(f"{ckpt_path}: the labelled subset differs from the one the run started with")
+        _truncate_log(run_dir / "log.jsonl", start)
+
+    def write_config() -> None:
+        if info.is_main:
+            atomic_write_text(run_dir / "config.json", json.dumps({"graph": graph.to_dict(), **config.to_dict(), "data": data_meta}, indent=2))
 
     def save(step: int) -> None:
         if info.is_main:
             save_checkpoint(ckpt_path, model_tensors(model, ema, optimizer), checkpoint_meta(graph, config, step, data_meta, extra))
+
+    def preview(step: int) -> None:
+        if info.is_main:
+            path = write_sample_grid(ema, labelled, run_dir / "samples" / f"step{step:07d}.png", steps=tc.sample_steps, seed=tc.seed)
+            import shutil
+
+            shutil.copyfile(path, run_dir / "preview.png")
+
+    def plan_line(sched: TrainConfig, per_step: float | None) -> str:
+        n = sched.steps - start
+        epochs = n * tc.batch_size / max(len(labelled), 1)
+        eta = f", about {format_duration(n * per_step)} at the measured {per_step:.2f} s/step" if per_step else ""
+        previews = f"previews every {sched.sample_every} steps -> {run_dir / 'samples'} (latest: {run_dir / 'preview.png'})" \
+            if sched.sample_every else "no previews"
+        return (f"plan: steps {start} -> {sched.steps} ({n} steps of {tc.batch_size} images, {epochs:.1f} passes over "
+                f"{len(labelled)} images{eta}); warm-up {sched.warmup_steps} steps, EMA horizon "
+                f"{1 / max(1 - sched.ema_decay, 1e-9):.0f} steps; {previews}; checkpoint every {sched.checkpoint_every} "
+                f"steps -> {ckpt_path}; log -> {run_dir / 'log.jsonl'}")
+
+    # The plan. With a time budget, a provisional upper bound runs until the first steps are timed;
+    # ``tc`` is always the resolved schedule (``config.train`` keeps None for "follows the length").
+    max_steps = config.train.steps
+    calibrate = min(10, max(2, (max_steps - start) // 20)) if time_budget is None else 10**9
+    tc = config.train.resolved()
+    if time_budget is not None:
+        say(f"time budget {format_duration(time_budget)}: timing the first steps to fix the number of steps "
+            f"and the schedule")
+        tc = dataclasses.replace(tc, sample_every=0, checkpoint_every=10**9)  # nothing is written before the plan is fixed
+    else:
+        say(plan_line(tc, None))
+    write_config()
 
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and info.is_main), desc="train", unit="step", dynamic_ncols=True)
     log_file = open(run_dir / "log.jsonl", "a") if info.is_main else None
     model.train()
     last_good = start if resume else None
     t0, seen = time.perf_counter(), 0
+    t_first = None  # wall clock after the first step (its set-up cost is not the speed)
+    stop_reason = None
+    completed = start
+    stopper = _StopRequest(say)
+    preview_s = 0.0
+
+    def summary_cost(preview_seconds: float) -> float:
+        # network evaluations x images: a preview puts 6 images through about 5 * sample_steps
+        # evaluations (one inversion, four decodings); the check about heldout_steps * (2 + nodes) for heldout_n images
+        units_preview = 6 * 5 * max(tc.sample_steps, 1)
+        units_check = min(check_n, len(heldout)) * heldout_steps * (2 + len(graph.nodes))
+        return preview_seconds * units_check / units_preview
+
+    final_reserve = 0.0
+    check_n = heldout_n
+
+    def fix_unplanned_steps() -> None:
+        # stopped before the time budget's plan was made: the run is as long as it got
+        if time_budget is not None and calibrate != -1:
+            config.train.steps = completed
+            write_config()
+
     try:
-        for step in range(start, tc.steps):
-            sn = step_noise(step, tc.seed, len(labelled), tc.batch_size, model.image_shape, graph.latent_dim,
-                            mc.timesteps, mc.p_uncond if mc.p_uncond > 0 else 0.0, info.rank, info.world)
-            images, labels = labelled.batch(sn.indices)
-            images, labels = images.to(info.device), labels.to(info.device)
-            sn = StepNoise(*(x.to(info.device) for x in dataclasses.astuple(sn)))
-            terms = wrapped(images, labels, sn, tc.gamma(step))
-            loss = terms["loss"]
-            terms = {k: v.detach() for k, v in terms.items()}
-            if not torch.isfinite(loss):
-                where = f"the last good checkpoint is {ckpt_path} (step {last_good})" if last_good is not None else "no checkpoint was written yet"
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                raise TrainingError(f"non-finite loss at step {step} ({parts}); stopped, {where}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            ema_update(ema, model, tc.ema_decay)
-            seen += images.shape[0] * info.world
-            done = step + 1
-            if info.is_main:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{float(terms['loss']):.4f}", diff=f"{float(terms['diffusion']):.4f}", kl=f"{float(terms['kl']):.3g}",
-                                label=f"{float(terms['label']):.3g}", gamma=f"{tc.gamma(step):.2f}", img_s=f"{rate:.1f}")
-                bar.update(1)
-                if done % tc.log_every == 0 or done == tc.steps:
-                    row = {k: round(float(v), 6) for k, v in terms.items()} | {"step": done, "images_per_s": round(rate, 2),
-                          "label_weight": mc.label_weight, "kl_weight": mc.kl_weight}
-                    log_file.write(json.dumps(row) + "\n")
-                    log_file.flush()
-                if tc.sample_every and done % tc.sample_every == 0:
-                    write_sample_grid(ema, labelled, run_dir / "samples" / f"step{done:07d}.png", steps=tc.sample_steps, seed=tc.seed)
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
-                save(done)
-                last_good = done
+        with stopper:
+            step = start
+            while step < tc.steps:
+                sn = step_noise(step, tc.seed, len(labelled), tc.batch_size, model.image_shape, graph.latent_dim,
+                                mc.timesteps, mc.p_uncond if mc.p_uncond > 0 else 0.0, info.rank, info.world)
+                images, labels = labelled.batch(sn.indices)
+                images, labels = images.to(info.device), labels.to(info.device)
+                sn = StepNoise(*(x.to(info.device) for x in dataclasses.astuple(sn)))
+                terms = wrapped(images, labels, sn, tc.gamma(step))
+                loss = terms["loss"]
+                terms = {k: v.detach() for k, v in terms.items()}
+                if not torch.isfinite(loss):
+                    where = f"the last good checkpoint is {ckpt_path} (step {last_good})" if last_good is not None else "no checkpoint was written yet"
+                    parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    raise TrainingError(f"non-finite loss at step {step} ({parts}); stopped, {where}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                ema_update(ema, model, tc.ema_decay)
+                seen += images.shape[0] * info.world
+                done = completed = step + 1
+
+                now = time.perf_counter()
+                if t_first is None:
+                    t_first = now
+                elif calibrate != -1 and (done - start - 1 == calibrate or (
+                        time_budget is not None and now - t0 >= min(0.05 * time_budget, 60.0) and done - start >= 3)):
+                    per_step = (now - t_first) / (done - start - 1)
+                    if time_budget is not None:
+                        # time one preview (it is the first one of the run), then share what is left
+                        # between steps, the run's four previews and the held-out check at the end
+                        t_prev = time.perf_counter()
+                        if config.train.sample_every != 0:
+                            preview(done)
+                        preview_s = time.perf_counter() - t_prev
+                        # previews get at most 15% of the budget and the held-out check 10% (fewer
+                        # previews, fewer check images when the machine is slow)
+                        n_previews = 0
+                        if config.train.sample_every is None and preview_s > 0:
+                            n_previews = int(min(4, max(1, 0.15 * time_budget // preview_s)))
+                        per_step_all = per_step + (preview_s / config.train.sample_every if config.train.sample_every else 0.0)
+                        if heldout is not None:
+                            check_n = int(min(heldout_n, max(8, heldout_n * 0.1 * time_budget // max(summary_cost(preview_s), 1e-9))))
+                        reserve = n_previews * preview_s + (summary_cost(preview_s) if heldout is not None else 0.0)
+                        left = time_budget - (time.perf_counter() - t0)
+                        planned = done + int(max(0.97 * left - reserve, 0.0) / per_step_all)
+                        config.train.steps = max(done, min(max_steps, planned))
+                        if info.world > 1:  # every process follows rank 0's plan
+                            plan = torch.tensor([config.train.steps], device=info.device)
+                            torch_dist.broadcast(plan, src=0)
+                            config.train.steps = int(plan.item())
+                        if n_previews:
+                            config.train.sample_every = max(1, (config.train.steps - start) // n_previews)
+                        tc = config.train.resolved()
+                        write_config()
+                        bar.total = tc.steps
+                        bar.refresh()
+                        say(plan_line(tc, per_step).replace("plan:", f"plan for {format_duration(time_budget)}:", 1)
+                            + (f"; then a held-out check on {min(check_n, len(heldout))} images" if heldout is not None else ""))
+                        final_reserve = summary_cost(preview_s) if heldout is not None else 0.0
+                    else:
+                        say(f"measured {per_step:.2f} s/step over the first {done - start - 1} steps: "
+                            f"about {format_duration((tc.steps - done) * per_step)} to go")
+                    calibrate = -1
+                if (time_budget is not None and calibrate == -1 and done < tc.steps
+                        and time.perf_counter() - t0 + preview_s + final_reserve >= time_budget):
+                    stop_reason = "time"  # what is left is the final preview and the held-out check
+                if stopper.requested:
+                    stop_reason = "interrupt"
+                if info.world > 1:
+                    flag = torch.tensor([{None: 0.0, "time": 1.0, "interrupt": 2.0}[stop_reason]], device=info.device)
+                    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+                    stop_reason = {0.0: None, 1.0: "time", 2.0: "interrupt"}[float(flag.item())]
+                last = done == tc.steps or stop_reason is not None
+                if info.is_main:
+                    rate = seen / max(now - t0, 1e-9)
+                    bar.set_postfix(loss=f"{float(terms['loss']):.4f}", diff=f"{float(terms['diffusion']):.4f}", kl=f"{float(terms['kl']):.3g}",
+                                    label=f"{float(terms['label']):.3g}", gamma=f"{tc.gamma(step):.2f}", img_s=f"{rate:.1f}")
+                    bar.update(1)
+                    if done % tc.log_every == 0 or last:
+                        row = {k: round(float(v), 6) for k, v in terms.items()} | {"step": done, "images_per_s": round(rate, 2),
+                              "label_weight": mc.label_weight, "kl_weight": mc.kl_weight}
+                        log_file.write(json.dumps(row) + "\n")
+                        log_file.flush()
+                        if not progress:
+                            say(f"step {done}/{tc.steps}  loss {row['loss']:.4f}  diffusion {row['diffusion']:.4f}  "
+                                f"kl {row['kl']:.3g}  label {row['label']:.3g}  gamma {tc.gamma(step):.2f}  "
+                                f"{rate:.1f} images/s  {format_duration(now - t0)} elapsed")
+                    if tc.sample_every and (done % tc.sample_every == 0 or (last and stop_reason != "interrupt")):
+                        preview(done)
+                if stop_reason is not None:
+                    fix_unplanned_steps()
+                if done % tc.checkpoint_every == 0 or last:
+                    save(done)
+                    last_good = done
+                if stop_reason is not None:
+                    break
+                step = done
+    except KeyboardInterrupt:
+        if stopper.forced:  # a second Ctrl-C: quit now, keep the last checkpoint as it is
+            say(f"stopped without saving; {ckpt_path} holds step {last_good}" if last_good is not None
+                else "stopped without saving; no checkpoint was written")
+            raise
+        # raised outside the signal handler (e.g. by a callback): ``completed`` steps are whole
+        stop_reason = "interrupt"
+        if completed > start and last_good != completed:
+            fix_unplanned_steps()
+            save(completed)
+            last_good = completed
     finally:
         bar.close()
         if log_file is not None:
             log_file.close()
     if info.world > 1:
         torch_dist.barrier()
+    elapsed = time.perf_counter() - t0
+    if stop_reason == "interrupt":
+        where = (f"{ckpt_path} holds step {last_good}; `--resume {run_dir}` continues from step {last_good}"
+                 if last_good is not None else "no checkpoint was written (no step had finished)")
+        say(f"interrupted after {format_duration(elapsed)}: {where}")
+        raise KeyboardInterrupt
+    if stop_reason == "time":
+        say(f"time budget used up after step {completed} of the planned {tc.steps} ({format_duration(elapsed)}); "
+            f"checkpoint {ckpt_path}; `--resume {run_dir}` continues to step {tc.steps}")
+    else:
+        say(f"trained steps {start} -> {completed} in {format_duration(elapsed)}; checkpoint {ckpt_path}")
+    if heldout is not None and info.is_main:
+        ema.eval()
+        summary = heldout_summary(ema, heldout, n=check_n, steps=heldout_steps, seed=tc.seed)
+        summary.update({"step": completed, "images": heldout_what})
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        say(format_summary(summary))
     return ckpt_path
 
 
-def write_sample_grid(model: CausalDiffAE, dataset, path: Path, steps: int = 20, n: int = 6, seed: int = 0) -> Path:
-    """A PNG grid: inputs | DDIM reconstructions | prior samples | do(root = its max) for two roots."""
+@torch.no_grad()
+def heldout_summary(model: CausalDiffAE, dataset, n: int = 64, steps: int = 10, seed: int = 0) -> dict[str, Any]:
+    """How good a model is on images it did not train on, in one cheap pass.
+
+    ``n`` images (a seeded pick) are DDIM-inverted once (``steps`` steps) and decoded
+    (a) with their own latents: reconstruction MSE (images in [-1, 1]) and SSIM;
+    (b) under do(node = another image's label), once per node with labels: the model's own encoder
+    reads the node back from the decoded image, and ``counterfactual`` is the mean
+    |read value - target| in normalised label units, beside ``do_nothing`` (the same for the
+    reconstruction, which did not move) and ``floor`` (the encoder's error on the real images
+    against their true labels: the best the reading can show).
+
+    Returns a JSON-safe dict: ``n``, ``steps``, ``recon_mse``, ``recon_ssim``, ``interventions``
+    (node -> {counterfactual, do_nothing, floor}).
+    """
+    from causaldiffae import counterfactual as cf
+    from causaldiffae import metrics
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
+    images, labels = dataset.batch(idx)
+    device = next(model.parameters()).device
+    images = images.to(device)
+    graph = model.graph
+    ab = cf.abduct(model, images, steps=steps)
+    recon = cf.predict(model, ab, ab.z, steps=steps)
+    out: dict[str, Any] = {"n": int(images.shape[0]), "steps": steps,
+                           "recon_mse": float(metrics.mse(recon, images).mean()),
+                           "recon_ssim": float(metrics.ssim(recon, images).mean()), "interventions": {}}
+
+    def read(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> normalised labels (B, n_nodes)
+        return graph.normalise(model.predict_labels(model.encode(x)[1])).cpu()
+
+    on_recon, on_real = read(recon), read(images)
+    truth = graph.normalise(labels.cpu())
+    for do in metrics.default_interventions(graph, labels):
+        (node,) = do
+        j = graph.index(node)
+        target = torch.as_tensor(graph.normalise_value(node, do[node]), dtype=torch.float32)
+        moved = read(cf.predict(model, ab, cf.intervene(model, ab, do), steps=steps))
+        present = ~torch.isnan(truth[:, j])
+        out["interventions"][node] = {
+            "counterfactual": float((moved[:, j] - target).abs().mean()),
+            "do_nothing": float((on_recon[:, j] - target).abs().mean()),
+            "floor": float((on_real[present, j] - truth[present, j]).abs().mean()) if present.any() else None,
+        }
+    return out
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    """One line for :func:`heldout_summary`'s dict."""
+    line = (f"{s.get('images', 'held-out')} check ({s['n']} images, {s['steps']} DDIM steps): reconstruction MSE "
+            f"{s['recon_mse']:.4f}, SSIM {s['recon_ssim']:.3f}")
+    if s["interventions"]:
+        parts = [f"{k} {v['counterfactual']:.2f} / {v['do_nothing']:.2f} / " + ("-" if v["floor"] is None else f"{v['floor']:.2f}")
+                 for k, v in s["interventions"].items()]
+        line += ("; do(node = another image's value), |encoder reading - target| in normalised units, "
+                 "counterfactual / do-nothing image / real images (floor): " + ", ".join(parts))
+    return line
+
+
+def write_sample_grid(model: CausalDiffAE, dataset, path: Path, steps: int = 10, n: int = 6, seed: int = 0) -> Path:
+    """A PNG preview: inputs | DDIM reconstructions | prior samples | do(root = its max) for two roots.
+
+    The reconstructions and the counterfactuals share one DDIM inversion of the inputs (the
+    counterfactuals are the reconstructions' decoding with the intervened latents).
+    """
     from causaldiffae import counterfactual as cf
 
     was_training = model.training
@@ -413,14 +807,15 @@ def write_sample_grid(model: CausalDiffAE, dataset, path: Path, steps: int = 20,
     # evenly spread over the data set: generated sets are stored in grid order, so the first rows are near-duplicates
     images, labels = dataset.batch(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(np.int64))
     images = images.to(next(model.parameters()).device)
-    rows = [images, cf.reconstruct(model, images, steps=steps), cf.sample(model, images.shape[0], steps=steps, seed=seed).images]
+    ab = cf.abduct(model, images, steps=steps)
+    rows = [images, cf.predict(model, ab, ab.z, steps=steps), cf.sample(model, images.shape[0], steps=steps, seed=seed).images]
     names = ["input", "reconstruction", "sample"]
     lo, hi = dataset.label_range()
     for node in model.graph.roots[:2]:
         v = float(hi[model.graph.index(node)])
         if math.isfinite(v):
-            rows.append(cf.counterfactual(model, images, do={node: v}, steps=steps).images)
+            rows.append(cf.predict(model, ab, cf.intervene(model, ab, {node: v}), steps=steps))
             names.append(f"do({node}={v:.3g})")
-    cf.image_grid(rows, path, row_names=names)
+    cf.image_grid([r.cpu() for r in rows], path, row_names=names)
     model.train(was_training)
     return path

@@ -18,9 +18,9 @@ Each writes ``results.csv`` (pandas), a Markdown table and, where it helps, a pl
 into ``--out``. ``fraction --gpu`` trains the larger model preset (``ModelConfig.gpu_preset``) on CUDA
 with a bigger batch, for the full-size version of the ablation.
 
-Short budgets need their own optimiser settings: with the library defaults (KL warm-up over 2,000
-steps, EMA decay 0.999) a 400-step run would end before the warm-up and sample from EMA weights
-that are still mostly the initialisation. :func:`budget_config` scales both to the budget.
+Short budgets need their own optimiser settings: with a KL warm-up over 2,000 steps and EMA decay
+0.999 a 400-step run would end before the warm-up and sample from EMA weights that are still
+mostly the initialisation; the library scales both to the run's length (``TrainConfig.resolved``).
 
 Scores (on ``--n`` held-out images, every node intervened on once, each image taking another
 image's value): effectiveness MAE of the intervened node / its descendants / the others
@@ -147,16 +147,16 @@ def _plot(df: pd.DataFrame, x: str, ys: list[str], path: Path, logx: bool = Fals
 def budget_config(steps: int, gpu: bool = False, batch_size: int | None = None):
     """The run config of one ablation run of ``steps`` optimisation steps.
 
-    The KL/label warm-up covers the first fifth of the run and the EMA horizon (1 / (1 - decay)) is
-    about a twentieth of it (decay capped at the library default 0.999); the learning rate is the
-    one the shipped models were trained with (5e-4).
+    The warm-up and the EMA horizon follow the run's length (the library's rule,
+    :meth:`causaldiffae.training.TrainConfig.resolved`: warm-up a fifth of the run, EMA horizon a
+    twentieth); the learning rate is the one the shipped models were trained with (5e-4); no
+    preview grids.
     """
     from causaldiffae.model import ModelConfig
     from causaldiffae.training import RunConfig, TrainConfig
 
     model = ModelConfig.gpu_preset() if gpu else ModelConfig()
     train = TrainConfig(steps=steps, batch_size=batch_size or (128 if gpu else 64), lr=5e-4,
-                        warmup_steps=max(1, steps // 5), ema_decay=min(0.999, max(0.9, 1.0 - 20.0 / steps)),
                         checkpoint_every=max(50, steps // 4), sample_every=0)
     return RunConfig(model=model, train=train)
 
@@ -175,7 +175,7 @@ def cmd_fraction(a) -> None:
         if not done:
             cfg = budget_config(a.steps, gpu=a.gpu, batch_size=a.batch_size)
             fit(a.graph or a.data, a.data, run, cfg, resume=(run / "checkpoint.safetensors").exists(),
-                device="cuda" if a.gpu else None, progress=True, label_fraction=frac, variant=variant)
+                device="cuda" if a.gpu else None, progress=True, check=False, label_fraction=frac, variant=variant)
         model, _ = CausalDiffAE.load(run)
         images, labels, table, sim = _data(model, a.data, a.n)
         row = {"model": variant, "label_fraction": frac, "steps": a.steps}
