@@ -92,15 +92,16 @@ def _data(args) -> int:
 
 # ---------------------------------------------------------------------------------------- train
 TRAIN_EPILOG = """\
-how long: the default model (32x32) trains at about 0.8 s per step of 64 images on 2 CPU cores
-(16x16: about 4x faster, 64x64: about 4x slower); see docs/training.md#how-long for the measured
-table. A folder of about 1,000 images at 32x32 shows counterfactuals that visibly move the
-intervened factor after --time 10m (docs/getting-started.md); sharper images need hours
-(the shipped Pendulum model: 20,000 steps).
+how long (measured, docs/training.md#how-long-training-takes): on an idle 2-core machine a step
+of the default model (64 images of 32x32) takes about 0.74 s, so --time 10m buys about 800
+steps; on a busy machine (load 18) it took 24 s (train measures and plans with the speed it gets).
+Usable counterfactuals took 1,600-2,400 steps on 3,750-5,481 images (the shipped models, about
+an hour on one core); 400 steps moved interventions only part of the way; tens of steps show
+nothing yet. The last line of every run says whether interventions move.
 
 examples:
-  causaldiffae train --graph my.dot --data my_images/ --time 10m --out runs/mine
-  causaldiffae train --graph pendulum --data pendulum --steps 20000 --out runs/pendulum
+  causaldiffae train --graph my.dot --data my_images/ --time 30m --out runs/mine
+  causaldiffae train --graph pendulum --data pendulum --steps 2400 --out runs/pendulum
   causaldiffae train --resume runs/mine --time 30m          # graph, data and config come from the run
 """
 
@@ -160,8 +161,8 @@ def _check_train_args(args):
     if args.resume:
         if args.overwrite:
             raise ConfigError("--overwrite replaces a run; it cannot go with --resume")
-        if not (Path(args.resume) / "checkpoint.safetensors").exists() and not Path(args.resume).is_file():
-            raise ConfigError(f"--resume {args.resume}: no checkpoint.safetensors there to continue from")
+        if not (Path(args.resume) / "checkpoint.safetensors").exists():
+            raise ConfigError(f"--resume {args.resume}: not a run folder with a checkpoint.safetensors to continue from")
     else:
         if not args.graph or not args.data:
             raise ConfigError("a new run needs --graph and --data")

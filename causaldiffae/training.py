@@ -43,9 +43,10 @@ from causaldiffae.model import (  # noqa: F401  (build_model, checkpoint_meta, l
 
 # The schedule of a run follows its length unless set explicitly: a run of ``steps`` steps warms the
 # KL and label terms up over its first fifth, averages weights over about a twentieth of it (EMA
-# horizon 1 / (1 - decay)), writes four preview grids, ten checkpoints and fifty log lines. From
-# 10,000 steps on these are the long-run values (2,000 / 0.999 / 2,000 / 500 / 50): a long run
-# trains as it always did, and a 400-step run is not cut off inside a 2,000-step warm-up.
+# horizon 1 / (1 - decay)), writes four preview grids, ten checkpoints and fifty log lines, each
+# capped at the values every run used before (2,000 / 0.999 / 2,000 / 500 / 50), which a
+# 20,000-step run (the default length) gets exactly; a 400-step run is no longer cut off inside a
+# 2,000-step warm-up.
 def auto_warmup_steps(steps: int) -> int:
     return max(1, min(2000, steps // 5))
 

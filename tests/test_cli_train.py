@@ -97,10 +97,12 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(world, tmp_path, c
     assert not out.exists()
 
 
-def test_a_new_run_needs_graph_and_data(tmp_path, capsys):
+def test_a_new_run_needs_graph_and_data_and_resume_needs_a_run(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--steps", "2"]) == 2
     _one_line_error(capsys, "--graph and --data")
     assert not (tmp_path / "r").exists()
+    assert main(["train", "--resume", str(tmp_path / "nothing"), "--steps", "2"]) == 2
+    _one_line_error(capsys, "nothing", "checkpoint")
 
 
 def test_existing_run_is_refused_unless_resume_or_overwrite(world, tmp_path, capsys):
@@ -213,7 +215,7 @@ def test_train_help_documents_every_option(capsys):
     for flag in ("--graph", "--data", "--config", "--label-fraction", "--steps", "--time", "--batch-size", "--size",
                  "--variant", "--seed", "--out", "--resume", "--overwrite", "--check-images", "--device", "--no-progress"):
         assert flag in text
-    assert "default" in text and "2 CPU cores" in text
+    assert "default" in text and "2-core machine" in text  # how long things take
 
 
 # ------------------------------------------------------------------------------ first hour
