@@ -192,6 +192,23 @@ def test_a_short_time_budget_plans_stops_and_checkpoints(world, tmp_path, capsys
     assert (run / "preview.png").exists()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["steps"] == planned
+    # --resume --time extends the run by that much time, keeping its warm-up and EMA
+    warmup = TrainConfig(**{k: v for k, v in meta["config"]["train"].items() if k != "betas"}).resolved().warmup_steps
+    assert main(["train", "--resume", str(run), "--time", "3s", "--no-progress", "--check-images", "0"]) == 0
+    _, meta2 = load_checkpoint(run)
+    assert meta2["step"] > meta["step"] and meta2["config"]["train"]["warmup_steps"] == warmup
+    assert _steps(run) == sorted(set(_steps(run)))
+
+
+def test_fit_resumes_with_the_runs_own_graph_and_data(world, tmp_path):
+    from causaldiffae.pipeline import fit
+
+    run = tmp_path / "run"
+    assert main(_new(world, run, "--steps", "2", "--check-images", "0")) == 0
+    fit(None, None, run, resume=True, steps=3, progress=False, check=False)
+    assert load_checkpoint(run)[1]["step"] == 3
+    with pytest.raises(ConfigError, match="label-fraction"):
+        fit(None, None, run, resume=True, steps=4, label_fraction=0.5, progress=False, check=False)
 
 
 # ------------------------------------------------------------------------------ what it says
