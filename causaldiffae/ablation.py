@@ -60,6 +60,7 @@ FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 BASELINES = ("diffae",)
 DEFAULT_METRICS = ("reconstruction", "effectiveness", "ground_truth")
+STRENGTH_METRICS = ("effectiveness", "ground_truth")  # reconstruction does not depend on w
 FINISHED = "finished.json"
 MODEL_NAMES = {"causal": "CausalDiffAE", "diffae": "Diff-AE (no mechanisms)"}
 REFERENCES = ("do-nothing", "floor")
@@ -746,7 +747,7 @@ def strength(
     strengths: Sequence[float] = STRENGTHS,
     n: int = 64,
     eval_steps: int = 20,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] = STRENGTH_METRICS,
     eval_seed: int = 0,
     predictors: str | os.PathLike | None = None,
     predictor_steps: int = 2000,
@@ -804,7 +805,7 @@ def strength(
     rows = []
     for (run, label, w, *_), task_rows in zip(tasks, per):
         info = infos[labels.index(label)]
-        model = f"{MODEL_NAMES.get(info['variant'], info['variant'])}, labels {info['label_fraction']:g}"
+        model = f"{MODEL_NAMES.get(info['variant'], info['variant'])}, {info['label_fraction']:.0%} labels"
         for r in task_rows:
             rows.append({"run": label, "model": model, "variant": info["variant"], "label_fraction": info["label_fraction"],
                          "seed": info["seed"], "strength": w, "metric": r["metric"], "value": r["value"]})
@@ -833,16 +834,18 @@ def summarise(df: pd.DataFrame, by: str) -> pd.DataFrame:
     return pd.concat([summ, refs[summ.columns]], ignore_index=True)
 
 
-def _cell(mean: float, std: float, digits: int = 3) -> str:
+def _cell(mean: float, std: float) -> str:
+    """``mean ± std`` with both at the precision the mean's size calls for (3 significant digits, at least 3 decimals below 1)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
-    fmt = f"{{:.{digits}g}}" if abs(mean) >= 1 else f"{{:.{digits}f}}"
+    size = abs(mean)
+    decimals = 3 if size < 1 else 2 if size < 10 else 1 if size < 100 else 0
     if std is None or math.isnan(std):
-        return fmt.format(mean)
-    return f"{fmt.format(mean)} ± {fmt.format(std)}"
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def markdown_table(summary: pd.DataFrame, by: str, digits: int = 3) -> str:
+def markdown_table(summary: pd.DataFrame, by: str) -> str:
     """The headline metrics as a Markdown table: one row per model and ``by`` value, "mean ± std" cells."""
     heads = headline_metrics(summary["metric"].unique())
     col = {"label_fraction": "labels", "strength": "w"}.get(by, by)
@@ -856,12 +859,12 @@ def markdown_table(summary: pd.DataFrame, by: str, digits: int = 3) -> str:
             part = sub[sub[by] == value].set_index("metric")
             seeds = int(part["seeds"].max())
             label = f"{value:.0%}" if by == "label_fraction" and value * 100 == round(value * 100) else f"{value:g}"
-            cells = [_cell(part.at[h.key, "mean"], part.at[h.key, "std"], digits) if h.key in part.index else "-" for h in heads]
+            cells = [_cell(part.at[h.key, "mean"], part.at[h.key, "std"]) if h.key in part.index else "-" for h in heads]
             lines.append(f"| {m} | {label} | {seeds} | " + " | ".join(cells) + " |")
     for ref in REFERENCES:
         part = summary[summary["model"] == ref].set_index("metric")
         if len(part):
-            cells = [_cell(part.at[h.key, "mean"], float("nan"), digits) if h.key in part.index else "-" for h in heads]
+            cells = [_cell(part.at[h.key, "mean"], float("nan")) if h.key in part.index else "-" for h in heads]
             lines.append(f"| *{ref}* | - | - | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

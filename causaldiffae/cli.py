@@ -413,8 +413,8 @@ def _ablate_parser(sub) -> None:
     for q in (f, s):
         q.add_argument("--n", type=int, default=64, help="held-out images every run is scored on")
         q.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of every query")
-        q.add_argument("--metrics", nargs="+", help="evaluate() metrics (default: reconstruction effectiveness ground_truth; "
-                       "also composition reversibility dci)")
+        q.add_argument("--metrics", nargs="+", help="evaluate() metrics (default: reconstruction effectiveness ground_truth, "
+                       "for strength without reconstruction; also composition reversibility dci)")
         q.add_argument("--predictors", help="anti-causal predictors file (default: trained once into --out)")
         q.add_argument("--predictor-steps", type=int, default=2000, help="training steps of those predictors")
         q.add_argument("--eval-seed", type=int, default=0, help="seeds the choice of images and interventions")
@@ -439,7 +439,7 @@ def _ablate_strength(args) -> int:
 
     ablation.strength(
         args.run, args.data, args.out, strengths=args.strengths or ablation.STRENGTHS, n=args.n, eval_steps=args.eval_steps,
-        metrics=args.metrics or ablation.DEFAULT_METRICS,
+        metrics=args.metrics or ablation.STRENGTH_METRICS,
         eval_seed=args.eval_seed, predictors=args.predictors, predictor_steps=args.predictor_steps, jobs=args.jobs,
         threads=args.threads, progress=not args.no_progress)
     return 0
