@@ -383,15 +383,19 @@ def build_eval_set(graph, data: str, size: int, n: int, seed: int, predictors: s
                    image_shape=(subset.channels, size, size))
 
 
-def _intended(es: EvalSet, table, labels, do, dowhy_scm):
-    """Intended counterfactual labels ``(B, n_nodes)`` and the true images (or None) of one intervention."""
+def _intended(es: EvalSet, table, labels, do, dowhy_scm) -> dict[str, Any]:
+    """How effectiveness learns the intended labels of one intervention: the simulator (with the
+    factual table), else DoWhy's counterfactual labels."""
     from causaldiffae import metrics as M
 
     if es.simulator is not None:
-        shim = _Shape(es.graph, es.image_shape)
-        truth, cf_table = M.true_counterfactual_images(shim, table, do, es.simulator, size=es.simulator_size)
-        return M._cf_labels_from_table(es.graph, cf_table), truth
-    return M.dowhy_intended(es.graph, None, labels, do, scm=dowhy_scm), None
+        return {"simulator": es.simulator, "table": table}
+    return {"intended": M.dowhy_intended(es.graph, None, labels, do, scm=dowhy_scm)}
+
+
+def _mean_of(items: Iterable[Mapping[str, Any]], key: str) -> float | None:
+    vals = [d[key] for d in items if d.get(key) is not None and not (isinstance(d[key], float) and math.isnan(d[key]))]
+    return float(np.mean(vals)) if vals else None
 
 
 @dataclass
@@ -422,10 +426,11 @@ def reference_scores(es: EvalSet) -> dict[str, Any]:
     gts: dict[str, dict[str, Any]] = {"do-nothing": {}, "floor": {}}
     for do in es.interventions:
         name = M.do_label(do)
-        target, truth = _intended(es, table, labels, do, scm)
-        refs["do-nothing"][name] = M.effectiveness(shim, pred, images, do, labels=labels, intended=target, counterfactuals=images)
-        if truth is not None:
-            refs["floor"][name] = M.effectiveness(shim, pred, images, do, labels=labels, intended=target, counterfactuals=truth)
+        target = _intended(es, table, labels, do, scm)
+        refs["do-nothing"][name] = M.effectiveness(shim, pred, images, do, labels=labels, counterfactuals=images, **target)
+        if es.simulator is not None:
+            truth, _ = M.true_counterfactual_images(shim, table, do, es.simulator, size=es.simulator_size)
+            refs["floor"][name] = M.effectiveness(shim, pred, images, do, labels=labels, counterfactuals=truth, **target)
             gts["do-nothing"][name] = M.ground_truth_error(shim, images, None, do, None, counterfactuals=images, truth=truth)
             gts["floor"][name] = M.ground_truth_error(shim, images, None, do, None, counterfactuals=truth, truth=truth)
     out: dict[str, Any] = {"intended_source": es.intended, "n": len(es.dataset)}
@@ -435,11 +440,11 @@ def reference_scores(es: EvalSet) -> dict[str, Any]:
             continue
         entry: dict[str, Any] = {
             "by_intervention": refs[which],
-            "effectiveness": {"mean": {k: M._summary_mean(refs[which].values(), k) for k in ("intervened", "descendants", "non_descendants")},
+            "effectiveness": {"mean": {k: _mean_of(refs[which].values(), k) for k in ("intervened", "descendants", "non_descendants")},
                               "by_intervention": refs[which]},
         }
         if gts[which]:
-            entry["ground_truth"] = {"mean": {k: M._summary_mean(gts[which].values(), k) for k in ("mae_255", "ssim")},
+            entry["ground_truth"] = {"mean": {k: _mean_of(gts[which].values(), k) for k in ("mae_255", "ssim")},
                                      "by_intervention": gts[which]}
         out[which] = entry
     return out
