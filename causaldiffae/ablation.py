@@ -64,6 +64,8 @@ STRENGTH_METRICS = ("effectiveness", "ground_truth")  # reconstruction does not 
 FINISHED = "finished.json"
 MODEL_NAMES = {"causal": "CausalDiffAE", "diffae": "Diff-AE (no mechanisms)"}
 REFERENCES = ("do-nothing", "floor")
+SEPARABLE = 0.25  # achieved fractions only where the truth scores at least 25% better than doing nothing
+DERIVED = ("achieved.", "drift.")  # scores computed from a run's rows and the references, never stored
 
 # Top-level keys of evaluate()'s result that describe the evaluation, not a score.
 _META_KEYS = {"n", "steps", "strength", "refine", "seed", "seconds", "nodes", "interventions", "skipped",
@@ -150,9 +152,11 @@ def honest_rows(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any],
     """Achieved fractions and drift of one run's rows against the sweep's do-nothing / floor scores.
 
     Per intervention ``do(n)``: ``achieved.<group> = (dn - model) / (dn - floor)`` for the
-    intervened node and the descendants (only where do-nothing is more than 1e-6 worse than the
-    floor), ``drift.non_descendants = model - floor``; then the mean over interventions
-    (``achieved.intervened`` ...). Empty without a floor (no simulator).
+    intervened node and the descendants, ``drift.non_descendants = model - floor``; then the mean
+    over interventions (``achieved.intervened`` ...). An intervention whose floor is within
+    :data:`SEPARABLE` of its do-nothing error (``dn - floor < SEPARABLE * dn``: the predictors
+    cannot tell the true counterfactual from the unchanged image) is left out of that group's
+    achieved fraction, which would only amplify noise. Empty without a floor (no simulator).
     """
     floor = reference.get("floor")
     if not floor:
@@ -166,7 +170,7 @@ def honest_rows(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any],
         for group in ("intervened", "descendants"):
             m = value.get(f"effectiveness.by_intervention.{name}.{group}")
             d, f = dn["by_intervention"][name].get(group), floor["by_intervention"][name].get(group)
-            if m is None or d is None or f is None or not d - f > 1e-6:
+            if m is None or d is None or f is None or not d - f >= SEPARABLE * d or d <= 0:
                 continue
             a = (d - m) / (d - f)
             achieved[group].append(a)
@@ -181,6 +185,12 @@ def honest_rows(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any],
     if drift:
         out.append({"run": run, "metric": "drift.non_descendants", "value": float(np.mean(drift))})
     return out
+
+
+def _with_derived(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any], run: str) -> list[dict[str, Any]]:
+    """A run's stored rows plus the scores derived from them and the references (:func:`honest_rows`), recomputed."""
+    kept = [dict(r) for r in rows if not str(r["metric"]).startswith(DERIVED)]
+    return kept + honest_rows(kept, reference, run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,7 +541,6 @@ def run_one(sweep: Sweep, spec: RunSpec, es: EvalSet, reference: Mapping[str, An
                      variant=spec.variant, steps=sweep.steps)
     results = score_run(run_dir, es, sweep.evaluation, device=sweep.device)
     rows = evaluation_rows(results, spec.name)
-    rows += honest_rows(rows, reference, spec.name)
     _write_finished(marker, evaluation, rows, intended_source=results.get("intended_source"), steps=sweep.steps)
     return rows
 
@@ -697,7 +706,7 @@ def label_fraction(
     per_run = _run_all([(sweep, s, es, reference) for s in specs], run_one, jobs, jobs_threads, progress, "ablation runs")
     rows = []
     for spec, run_rows in zip(specs, per_run):
-        for r in run_rows:
+        for r in _with_derived(run_rows, reference, spec.name):
             rows.append({"run": spec.name, "model": spec.model, "variant": spec.variant, "label_fraction": spec.label_fraction,
                          "seed": spec.seed, "steps": sweep.steps, "metric": r["metric"], "value": r["value"]})
     for r in reference_rows(reference):
@@ -724,6 +733,16 @@ def _notes(es: EvalSet, reference: Mapping[str, Any], ev: EvalSettings, budget: 
              "Effectiveness MAE in normalised label units (lower is better); do-nothing returns the factual image unchanged"
              + ("; floor is the true counterfactual image scored by the same predictors; achieved fraction = "
                 "(do-nothing - model) / (do-nothing - floor), 1 = as good as the truth." if reference.get("floor") else ".")]
+    left_out = []
+    if reference.get("floor"):
+        for name, f in reference["floor"]["by_intervention"].items():
+            d = reference["do-nothing"]["by_intervention"][name]
+            for group in ("intervened", "descendants"):
+                if f.get(group) is not None and d.get(group) is not None and not d[group] - f[group] >= SEPARABLE * d[group]:
+                    left_out.append(f"{name} {group} (floor {f[group]:.3f}, do-nothing {d[group]:.3f})")
+    if left_out:
+        notes.append(f"Left out of the achieved fractions, because the predictors score the true counterfactual less than "
+                     f"{SEPARABLE:.0%} better than the unchanged image: {'; '.join(left_out)}.")
     return notes
 
 
@@ -740,7 +759,6 @@ def _strength_one(run: str, label: str, w: float, es: EvalSet, settings: EvalSet
         return rows
     results = score_run(run, es, settings, strength=w, out=folder)
     rows = evaluation_rows(results, label)
-    rows += honest_rows(rows, reference, label)
     _write_finished(folder / FINISHED, evaluation, rows, intended_source=results.get("intended_source"))
     return rows
 
@@ -811,7 +829,7 @@ def strength(
     for (run, label, w, *_), task_rows in zip(tasks, per):
         info = infos[labels.index(label)]
         model = f"{MODEL_NAMES.get(info['variant'], info['variant'])}, {info['label_fraction']:.0%} labels"
-        for r in task_rows:
+        for r in _with_derived(task_rows, reference, label):
             rows.append({"run": label, "model": model, "variant": info["variant"], "label_fraction": info["label_fraction"],
                          "seed": info["seed"], "strength": w, "metric": r["metric"], "value": r["value"]})
     for r in reference_rows(reference):

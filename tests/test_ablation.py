@@ -187,6 +187,10 @@ def test_achieved_fraction_is_zero_for_do_nothing_and_one_for_the_floor():
     assert got["achieved.intervened"] == pytest.approx(0.5) and got["achieved.descendants"] == pytest.approx(0.5)
     assert got["drift.non_descendants"] == pytest.approx(0.10)
     assert ablation.honest_rows([], {"do-nothing": {}, "floor": None}, "r") == []  # no simulator, no floor
+    # where the predictors cannot tell the truth from the unchanged image, no achieved fraction is made up
+    ref["floor"]["by_intervention"]["do(a)"]["intervened"] = 0.79
+    got = achieved(0.5, 0.3, 0.15)
+    assert "achieved.intervened" not in got and got["achieved.descendants"] == pytest.approx(0.5)
 
 
 def test_sweep_with_a_simulator_scores_against_the_true_counterfactuals(tmp_path):
