@@ -408,6 +408,15 @@ def _mean_of(items: Iterable[Mapping[str, Any]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _seed_global(seed: int) -> None:
+    """Seed numpy's and torch's global generators: DoWhy's choice of mechanisms (cross-validated
+    on random splits) draws from numpy's, so without this two scorings of one run differ."""
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 @dataclass
 class _Shape:
     """What the metrics' scoring functions read off a model when the images are given: its graph and image shape."""
@@ -430,6 +439,7 @@ def reference_scores(es: EvalSet) -> dict[str, Any]:
     pred = load_predictors(es.predictors)
     images, labels = es.dataset.batch(np.arange(len(es.dataset)))
     table = M._table_for(es.graph, labels, es.dataset.extra) if es.simulator is not None else None
+    _seed_global(0)
     scm = M.fit_dowhy_scm(es.graph, es.dowhy_table) if es.simulator is None else None
     shim = _Shape(es.graph, es.image_shape)
     refs: dict[str, dict[str, Any]] = {"do-nothing": {}, "floor": {}}
@@ -497,6 +507,7 @@ def score_run(run_dir: str | os.PathLike, es: EvalSet, settings: EvalSettings, s
         raise ConfigError(f"{run_dir} models nodes {model.graph.nodes}, the evaluation set has {es.graph.nodes}")
     pred = load_predictors(es.predictors, device=device or "cpu")
     w = settings.strength if strength is None else strength
+    _seed_global(settings.seed)
     results = M.evaluate(model, es.dataset, predictors=pred, simulator=es.simulator, interventions=es.interventions,
                          n=len(es.dataset), steps=settings.steps, strength=w, recon_steps=(settings.steps,),
                          intended="auto", simulator_size=es.simulator_size, dowhy_table=es.dowhy_table,

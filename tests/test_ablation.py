@@ -121,6 +121,15 @@ def test_sweep_on_a_users_folder_resumes_after_a_kill(tmp_path, monkeypatch, cap
         with Image.open(p) as im:
             assert im.size[0] > 200 and im.size[1] > 150
 
+    # --jobs 2: two runs side by side in processes give the same scores as one after the other
+    args = _args(graph, data, config, tmp_path / "parallel", "--jobs", "2", "--predictors", str(out / "predictors.safetensors"))
+    args[args.index("--fractions") + 1: args.index("--seeds")] = ["1"]
+    assert main(args) == 0
+    par = pd.read_csv(tmp_path / "parallel" / "results.csv").set_index(["run", "metric"])["value"]
+    seq = df.set_index(["run", "metric"])["value"]
+    assert set(par.index.get_level_values(0)) == {"causal-1-seed0", "causal-1-seed1", "do-nothing"}
+    assert np.allclose(par.to_numpy(), seq.loc[par.index].to_numpy(), rtol=0, atol=1e-6)
+
     # each run is one plain train command: the printed one rebuilds the sweep's checkpoint exactly
     capsys.readouterr()
     assert main(_args(graph, data, config, out, "--print-commands")) == 0
