@@ -591,7 +591,7 @@ def _threads_per_job(jobs: int, threads: int | None) -> int | None:
 # label fraction
 # ----------------------------------------------------------------------------------------------
 def _prepare_sweep(sweep: Sweep) -> None:
-    """Write ``train-config.yaml`` and ``sweep.json``; refuse an ``out`` that holds another budget."""
+    """Write ``train-config.yaml`` and ``sweep.json``; refuse an ``out`` whose trained runs had another budget."""
     import yaml
 
     from causaldiffae.training import RunConfig
@@ -609,7 +609,8 @@ def _prepare_sweep(sweep: Sweep) -> None:
     d["train"]["betas"] = list(d["train"]["betas"])
     text = "# written by causaldiffae ablate: the run config of every run of this sweep\n" + yaml.safe_dump(d, sort_keys=False)
     meta_path = out / "sweep.json"
-    if meta_path.exists():
+    trained = any((out / "runs").glob("*/checkpoint.safetensors"))
+    if meta_path.exists() and trained:  # settings only bind once a run has been trained with them
         old = json.loads(meta_path.read_text())
         new_identity = {"graph": sweep.graph, "data": sweep.data, "steps": sweep.steps, "train_config": text}
         before = old.get("identity", {})

@@ -149,11 +149,14 @@ def test_rerun_with_another_budget_is_refused(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(_args(graph, data, config, out, "--print-commands")) == 0
     args = _args(graph, data, config, out, "--print-commands")
-    args[args.index("--steps") + 1] = "7"
+    args[args.index("--steps") + 1] = "5"
+    assert main(args) == 0  # nothing trained yet: the settings may still change
+    (out / "runs" / "causal-1-seed0").mkdir(parents=True)
+    (out / "runs" / "causal-1-seed0" / "checkpoint.safetensors").write_bytes(b"")  # now a run has started
     capsys.readouterr()
-    assert main(args) == 2
+    assert main(_args(graph, data, config, out, "--print-commands")) == 2  # 6 steps, the sweep's runs have 5
     err = capsys.readouterr().err
-    assert str(out) in err and "steps" in err and "Traceback" not in err
+    assert str(out) in err and "steps=5" in err and "Traceback" not in err
 
 
 def test_evaluation_rows_flatten_every_score_and_skip_settings():
