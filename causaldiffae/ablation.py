@@ -196,25 +196,26 @@ def _with_derived(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any
 # ----------------------------------------------------------------------------------------------
 # runs and their settings
 # ----------------------------------------------------------------------------------------------
-def budget_config(steps: int, batch_size: int | None = None):
+def budget_config(steps: int, batch_size: int | None = None, gpu: bool = False):
     """The run config of one ablation run of ``steps`` optimisation steps (the default model).
 
     Short budgets need their own optimiser settings: with the library defaults (KL warm-up over
     2,000 steps, EMA decay 0.999) a 400-step run would end before the warm-up and sample from EMA
     weights that are still mostly the initialisation. Here the KL/label warm-up covers the first
     fifth of the run, the EMA horizon ``1 / (1 - decay)`` is about a twentieth of it (decay capped at
-    0.999), and the learning rate is the shipped models' (5e-4).
+    0.999), and the learning rate is the shipped models' (5e-4). ``gpu``: the larger model preset
+    (``ModelConfig.gpu_preset()``) with batch 128.
     """
     from causaldiffae.training import RunConfig, TrainConfig
 
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
-    train = TrainConfig(steps=steps, batch_size=batch_size or 64, lr=5e-4, warmup_steps=max(1, steps // 5),
+    train = TrainConfig(steps=steps, batch_size=batch_size or (128 if gpu else 64), lr=5e-4, warmup_steps=max(1, steps // 5),
                         ema_decay=min(0.999, max(0.9, 1.0 - 20.0 / steps)), checkpoint_every=max(10, steps // 4),
                         sample_every=0)
     from causaldiffae.model import ModelConfig
 
-    return RunConfig(model=ModelConfig(), train=train)
+    return RunConfig(model=ModelConfig.gpu_preset() if gpu else ModelConfig(), train=train)
 
 
 @dataclass(frozen=True)

@@ -149,9 +149,19 @@ def cmd_references(a) -> None:
 
 
 def cmd_fraction(a) -> None:
-    ablation.label_fraction(a.graph or a.data, a.data, Path(a.out) / Path(a.data).name, fractions=a.fractions,
-                            seeds=a.seeds, steps=a.steps, batch_size=a.batch_size, n=a.n, eval_steps=a.steps_eval,
-                            jobs=a.jobs, device="cuda" if a.gpu else None)
+    import yaml
+
+    out = Path(a.out) / Path(a.data).name
+    config = None
+    if a.gpu:  # the larger preset, written as a config file so every run's train command reads it
+        d = ablation.budget_config(a.steps, batch_size=a.batch_size, gpu=True).to_dict()
+        d["train"]["betas"] = list(d["train"]["betas"])
+        out.mkdir(parents=True, exist_ok=True)
+        config = out / "gpu-config.yaml"
+        config.write_text(yaml.safe_dump(d, sort_keys=False))
+    ablation.label_fraction(a.graph or a.data, a.data, out, fractions=a.fractions, seeds=a.seeds, steps=a.steps,
+                            config=config, batch_size=a.batch_size, n=a.n, eval_steps=a.steps_eval, jobs=a.jobs,
+                            device="cuda" if a.gpu else None)
 
 
 def cmd_strength(a) -> None:
@@ -198,7 +208,7 @@ def main() -> None:
     f.add_argument("--steps", type=int, default=600, help="training steps per run (the budget)")
     f.add_argument("--batch-size", type=int)
     f.add_argument("--jobs", type=int, default=1)
-    f.add_argument("--gpu", action="store_true", help="train on CUDA")
+    f.add_argument("--gpu", action="store_true", help="the larger model preset (ModelConfig.gpu_preset), batch 128, on CUDA")
     f.add_argument("--out", default="runs/ablation")
     s = sub.add_parser("strength", help="= causaldiffae ablate strength")
     s.add_argument("--run", nargs="+", required=True)
