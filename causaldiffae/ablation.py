@@ -14,19 +14,20 @@ no mechanisms) with all labels per seed, all at the same budget; every run is on
 Scores: :func:`causaldiffae.metrics.evaluate` on one fixed set of held-out images (the data's test
 split where it has one), every node intervened on once (each image takes another image's value).
 With a simulator (a generated data set) the intended labels and the pixel ground truth come from the
-true counterfactuals, and two references stand beside every model: *do-nothing* (the factual image
-returned unchanged) and *floor* (the true counterfactual image, scored by the same predictors);
-the achieved fraction ``(err_do_nothing - err_model) / (err_do_nothing - err_floor)`` is 0 when
-nothing moved and 1 when the model is as good as the truth. Without a simulator the intended labels
-come from DoWhy's invertible SCM fitted on the data's training label table and are read off the
-images by the anti-causal predictors; there is no floor then, and the report says so.
+true counterfactuals, and evaluate() scores two references beside every model: *do-nothing* (the
+factual image returned unchanged) and *floor* (the true counterfactual image, scored by the same
+predictors); the achieved fraction ``(err_do_nothing - err_model) / (err_do_nothing - err_floor)``
+is 0 when nothing moved and 1 when the model is as good as the truth. Without a simulator the
+intended labels come from DoWhy's invertible SCM fitted on the data's training label table and are
+read off the images by the anti-causal predictors; there is no floor then (the fractions take it as
+0 and are lower bounds), and the report says so. Every score reaches the tables through one
+adapter, :func:`evaluation_rows`, which flattens evaluate()'s result into (run, metric, value) rows.
 
 Layout of ``out``::
 
     sweep.json              the sweep's settings (a rerun with another budget is refused)
     train-config.yaml       the run config every training run reads
     predictors.safetensors  anti-causal predictors (trained once, unless given)
-    reference.json          the do-nothing / floor scores (shared by every run)
     runs/<name>/            one training run: checkpoint, evaluation/metrics.json, finished.json
     results.csv             one row per run and metric (long format)
     summary.csv, results.md mean and std over seeds per model, label fraction and metric
@@ -59,13 +60,12 @@ from causaldiffae.errors import ConfigError, DataError
 FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 BASELINES = ("diffae",)
-DEFAULT_METRICS = ("reconstruction", "effectiveness", "ground_truth")
-STRENGTH_METRICS = ("effectiveness", "ground_truth")  # reconstruction does not depend on w
+DEFAULT_METRICS = ("reconstruction", "effectiveness", "ground_truth", "latent")
+STRENGTH_METRICS = ("effectiveness", "ground_truth")  # reconstruction and the latent check do not depend on w
 FINISHED = "finished.json"
 MODEL_NAMES = {"causal": "CausalDiffAE", "diffae": "Diff-AE (no mechanisms)"}
 REFERENCES = ("do-nothing", "floor")
-SEPARABLE = 0.25  # achieved fractions only where the truth scores at least 25% better than doing nothing
-DERIVED = ("achieved.", "drift.")  # scores computed from a run's rows and the references, never stored
+SCORES_VERSION = 2  # bumped when evaluate()'s scores change: finished runs are then re-scored (not retrained)
 
 # Top-level keys of evaluate()'s result that describe the evaluation, not a score.
 _META_KEYS = {"n", "steps", "strength", "refine", "seed", "seconds", "nodes", "interventions", "skipped",
@@ -92,9 +92,15 @@ def headline_metrics(metrics: Iterable[str]) -> list[Headline]:
         Headline("effectiveness.mean.intervened", "MAE intervened", "effectiveness MAE, intervened node\n(normalised units)"),
         Headline("effectiveness.mean.descendants", "MAE descendants", "effectiveness MAE, descendants\n(normalised units)"),
         Headline("effectiveness.mean.non_descendants", "MAE non-descendants", "effectiveness MAE, non-descendants\n(normalised units)"),
-        Headline("achieved.intervened", "achieved (intervened)", "achieved fraction, intervened node\n(0 = unchanged, 1 = truth)", False),
-        Headline("achieved.descendants", "achieved (descendants)", "achieved fraction, descendants\n(0 = unchanged, 1 = truth)", False),
+        Headline("effectiveness.mean_achieved_fraction.intervened", "achieved (intervened)",
+                 "achieved fraction, intervened node\n(0 = unchanged, 1 = truth)", False),
+        Headline("effectiveness.mean_achieved_fraction.descendants", "achieved (descendants)",
+                 "achieved fraction, descendants\n(0 = unchanged, 1 = truth)", False),
+        Headline("latent.mean_achieved_fraction.descendants", "latent achieved (descendants)",
+                 "encoder + SCM: achieved fraction\nof the descendants' change", False),
         Headline("ground_truth.mean.mae_255", "GT pixel MAE", "pixel MAE to the true\ncounterfactual (0-255)"),
+        Headline("ground_truth.changed_region_mean.model_mae_255", "GT changed-region MAE",
+                 "pixel MAE to the truth where it\ndiffers from the factual (0-255)"),
         Headline("ground_truth.mean.ssim", "GT SSIM", "SSIM to the true\ncounterfactual (0-1)", False),
     ]
     for key in sorted(k for k in present if k.startswith("reconstruction.steps_") and k.endswith(".ssim")):
@@ -148,49 +154,49 @@ def evaluation_rows(results: Mapping[str, Any], run: str) -> list[dict[str, Any]
     return rows
 
 
-def honest_rows(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any], run: str) -> list[dict[str, Any]]:
-    """Achieved fractions and drift of one run's rows against the sweep's do-nothing / floor scores.
+def reference_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The do-nothing and floor rows, read off one run's rows (evaluate() scores both beside every run).
 
-    Per intervention ``do(n)``: ``achieved.<group> = (dn - model) / (dn - floor)`` for the
-    intervened node and the descendants, ``drift.non_descendants = model - floor``; then the mean
-    over interventions (``achieved.intervened`` ...). An intervention whose floor is within
-    :data:`SEPARABLE` of its do-nothing error (``dn - floor < SEPARABLE * dn``: the predictors
-    cannot tell the true counterfactual from the unchanged image) is left out of that group's
-    achieved fraction, which would only amplify noise. Empty without a floor (no simulator).
+    ``effectiveness.by_intervention.<do>.baselines.<group>.do_nothing`` / ``.floor`` averaged over
+    the interventions become ``effectiveness.mean.<group>`` of the references "do-nothing" and
+    "floor"; the ground truth's identity scores (the factual image against the truth) become
+    do-nothing's ``ground_truth.mean.*`` and changed-region error, and the floor's are the truth's
+    own (0 error, SSIM 1). They are the same for every run: the same images, targets and predictors.
     """
-    floor = reference.get("floor")
-    if not floor:
-        return []
-    dn = reference["do-nothing"]
     value = {r["metric"]: r["value"] for r in rows}
-    achieved: dict[str, list[float]] = {"intervened": [], "descendants": []}
-    drift: list[float] = []
     out: list[dict[str, Any]] = []
-    for name in floor.get("by_intervention", {}):
-        for group in ("intervened", "descendants"):
-            m = value.get(f"effectiveness.by_intervention.{name}.{group}")
-            d, f = dn["by_intervention"][name].get(group), floor["by_intervention"][name].get(group)
-            if m is None or d is None or f is None or not d - f >= SEPARABLE * d or d <= 0:
-                continue
-            a = (d - m) / (d - f)
-            achieved[group].append(a)
-            out.append({"run": run, "metric": f"achieved.by_intervention.{name}.{group}", "value": a})
-        m = value.get(f"effectiveness.by_intervention.{name}.non_descendants")
-        f = floor["by_intervention"][name].get("non_descendants")
-        if m is not None and f is not None:
-            drift.append(m - f)
-    for group, vals in achieved.items():
-        if vals:
-            out.append({"run": run, "metric": f"achieved.{group}", "value": float(np.mean(vals))})
-    if drift:
-        out.append({"run": run, "metric": "drift.non_descendants", "value": float(np.mean(drift))})
+    for ref, key in (("do-nothing", "do_nothing"), ("floor", "floor")):
+        for group in ("intervened", "descendants", "non_descendants"):
+            vals = [v for m, v in value.items()
+                    if m.startswith("effectiveness.by_intervention.") and m.endswith(f".baselines.{group}.{key}")]
+            if vals:
+                out.append({"run": ref, "metric": f"effectiveness.mean.{group}", "value": float(np.mean(vals))})
+    has_floor = any(r["run"] == "floor" for r in out)
+    identity = {"ground_truth.mean.mae_255": "ground_truth.identity_mean.mae_255",
+                "ground_truth.mean.ssim": "ground_truth.identity_mean.ssim",
+                "ground_truth.changed_region_mean.model_mae_255": "ground_truth.changed_region_mean.identity_mae_255"}
+    truth = {"ground_truth.mean.mae_255": 0.0, "ground_truth.mean.ssim": 1.0, "ground_truth.changed_region_mean.model_mae_255": 0.0}
+    for metric, source in identity.items():
+        if source in value:
+            out.append({"run": "do-nothing", "metric": metric, "value": value[source]})
+            if has_floor:
+                out.append({"run": "floor", "metric": metric, "value": truth[metric]})
     return out
 
 
-def _with_derived(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any], run: str) -> list[dict[str, Any]]:
-    """A run's stored rows plus the scores derived from them and the references (:func:`honest_rows`), recomputed."""
-    kept = [dict(r) for r in rows if not str(r["metric"]).startswith(DERIVED)]
-    return kept + honest_rows(kept, reference, run)
+def undefined_fractions(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The interventions and groups whose achieved fraction evaluate() left out (do-nothing - floor
+    below :data:`causaldiffae.metrics.MIN_GAP`), e.g. ``["do(shadow_position) intervened"]``."""
+    value = {r["metric"]: r["value"] for r in rows}
+    out = []
+    for m in value:
+        prefix = "effectiveness.by_intervention."
+        if m.startswith(prefix) and m.endswith(".do_nothing") and ".baselines." in m and ".per_node." not in m:
+            base = m[: -len(".do_nothing")]
+            if base + ".achieved_fraction" not in value and not base.endswith("non_descendants"):
+                name, group = base[len(prefix):].split(".baselines.")
+                out.append(f"{name} {group}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,6 +251,7 @@ class EvalSettings:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["metrics"] = list(self.metrics)
+        d["scores_version"] = SCORES_VERSION
         return d
 
 
@@ -359,7 +366,8 @@ class EvalSet:
 
 
 def build_eval_set(graph, data: str, size: int, n: int, seed: int, predictors: str | os.PathLike,
-                   predictor_steps: int = 2000, device: str | None = None, progress: bool = True) -> EvalSet:
+                   predictor_steps: int = 2000, device: str | None = None, progress: bool = True,
+                   predictor_samples: int = 8000) -> EvalSet:
     """Open ``data`` at ``size`` for ``graph`` (label stats filled in from the training split), pick
     ``n`` test images (seeded), one intervention per node, find the simulator, and train the
     anti-causal predictors at ``predictors`` if that file does not exist yet."""
@@ -368,6 +376,10 @@ def build_eval_set(graph, data: str, size: int, n: int, seed: int, predictors: s
     from causaldiffae.pipeline import resolve_graph_and_data
     from causaldiffae.predictors import load_predictors, train_predictors
 
+    from causaldiffae.data.generate import folder_generator_params, resolve_generated
+    from causaldiffae.data.simulator import simulator_from_params
+
+    data = resolve_generated(data, size)  # a generated set's name -> its folder (the rendering training reads)
     graph, train_ds, _ = resolve_graph_and_data(graph, data, size)
     test = open_dataset(data, graph.label_columns, size=size, split="test")
     held_out = test.extra is not None and "split" in test.extra.columns
@@ -384,7 +396,10 @@ def build_eval_set(graph, data: str, size: int, n: int, seed: int, predictors: s
     ppath = Path(predictors)
     if not ppath.exists():
         ppath.parent.mkdir(parents=True, exist_ok=True)
-        train_predictors(graph, train_ds, ppath, steps=predictor_steps, device=device or "cpu", progress=progress)
+        gen = folder_generator_params(data)
+        sim = simulator_from_params(gen) if gen else None  # independent draws: each predictor reads its own factor
+        train_predictors(graph, train_ds, ppath, steps=predictor_steps, device=device or "cpu", progress=progress,
+                         simulator=sim, size=size, n_samples=predictor_samples)
     pred = load_predictors(ppath)
     if pred.graph.nodes != graph.nodes:
         raise ConfigError(f"{ppath} predicts nodes {pred.graph.nodes}, the graph has {graph.nodes}")
@@ -394,21 +409,6 @@ def build_eval_set(graph, data: str, size: int, n: int, seed: int, predictors: s
                    image_shape=(subset.channels, size, size))
 
 
-def _intended(es: EvalSet, table, labels, do, dowhy_scm) -> dict[str, Any]:
-    """How effectiveness learns the intended labels of one intervention: the simulator (with the
-    factual table), else DoWhy's counterfactual labels."""
-    from causaldiffae import metrics as M
-
-    if es.simulator is not None:
-        return {"simulator": es.simulator, "table": table}
-    return {"intended": M.dowhy_intended(es.graph, None, labels, do, scm=dowhy_scm)}
-
-
-def _mean_of(items: Iterable[Mapping[str, Any]], key: str) -> float | None:
-    vals = [d[key] for d in items if d.get(key) is not None and not (isinstance(d[key], float) and math.isnan(d[key]))]
-    return float(np.mean(vals)) if vals else None
-
-
 def _seed_global(seed: int) -> None:
     """Seed numpy's and torch's global generators: DoWhy's choice of mechanisms (cross-validated
     on random splits) draws from numpy's, so without this two scorings of one run differ."""
@@ -416,84 +416,6 @@ def _seed_global(seed: int) -> None:
 
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass
-class _Shape:
-    """What the metrics' scoring functions read off a model when the images are given: its graph and image shape."""
-
-    graph: Any
-    image_shape: tuple[int, int, int]
-
-
-def reference_scores(es: EvalSet) -> dict[str, Any]:
-    """The do-nothing and (with a simulator) floor scores on the evaluation set.
-
-    do-nothing: the factual images as the counterfactuals; floor: the true counterfactual images.
-    Both are scored like a model (effectiveness against the same intended labels, pixel error to
-    the truth). Returns ``{"do-nothing": {...}, "floor": {...} or None, "intended_source": ...}``,
-    each like evaluate()'s ``effectiveness`` / ``ground_truth`` entries.
-    """
-    from causaldiffae import metrics as M
-    from causaldiffae.predictors import load_predictors
-
-    pred = load_predictors(es.predictors)
-    images, labels = es.dataset.batch(np.arange(len(es.dataset)))
-    table = M._table_for(es.graph, labels, es.dataset.extra) if es.simulator is not None else None
-    _seed_global(0)
-    scm = M.fit_dowhy_scm(es.graph, es.dowhy_table) if es.simulator is None else None
-    shim = _Shape(es.graph, es.image_shape)
-    refs: dict[str, dict[str, Any]] = {"do-nothing": {}, "floor": {}}
-    gts: dict[str, dict[str, Any]] = {"do-nothing": {}, "floor": {}}
-    for do in es.interventions:
-        name = M.do_label(do)
-        target = _intended(es, table, labels, do, scm)
-        refs["do-nothing"][name] = M.effectiveness(shim, pred, images, do, labels=labels, counterfactuals=images, **target)
-        if es.simulator is not None:
-            truth, _ = M.true_counterfactual_images(shim, table, do, es.simulator, size=es.simulator_size)
-            refs["floor"][name] = M.effectiveness(shim, pred, images, do, labels=labels, counterfactuals=truth, **target)
-            gts["do-nothing"][name] = M.ground_truth_error(shim, images, None, do, None, counterfactuals=images, truth=truth)
-            gts["floor"][name] = M.ground_truth_error(shim, images, None, do, None, counterfactuals=truth, truth=truth)
-    out: dict[str, Any] = {"intended_source": es.intended, "n": len(es.dataset)}
-    for which in REFERENCES:
-        if not refs[which]:
-            out[which] = None
-            continue
-        entry: dict[str, Any] = {
-            "by_intervention": refs[which],
-            "effectiveness": {"mean": {k: _mean_of(refs[which].values(), k) for k in ("intervened", "descendants", "non_descendants")},
-                              "by_intervention": refs[which]},
-        }
-        if gts[which]:
-            entry["ground_truth"] = {"mean": {k: _mean_of(gts[which].values(), k) for k in ("mae_255", "ssim")},
-                                     "by_intervention": gts[which]}
-        out[which] = entry
-    return out
-
-
-def reference_rows(reference: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Long rows of the do-nothing and floor references (``run`` = their name)."""
-    rows = []
-    for which in REFERENCES:
-        entry = reference.get(which)
-        if entry:
-            rows += evaluation_rows({k: v for k, v in entry.items() if k != "by_intervention"}, which)
-    return rows
-
-
-def _load_or_build_reference(es: EvalSet, path: Path, evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    from causaldiffae.metrics import to_jsonable
-
-    if path.exists():
-        try:
-            ref = json.loads(path.read_text())
-            if ref.get("evaluation") == dict(evaluation):
-                return ref
-        except (OSError, json.JSONDecodeError):
-            pass
-    ref = to_jsonable({**reference_scores(es), "evaluation": dict(evaluation)})
-    atomic_write_text(path, json.dumps(ref, indent=1) + "\n")
-    return ref
 
 
 def score_run(run_dir: str | os.PathLike, es: EvalSet, settings: EvalSettings, strength: float | None = None,
@@ -528,7 +450,7 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def run_one(sweep: Sweep, spec: RunSpec, es: EvalSet, reference: Mapping[str, Any], threads: int | None = None,
+def run_one(sweep: Sweep, spec: RunSpec, es: EvalSet, threads: int | None = None,
             progress: bool = True) -> list[dict[str, Any]]:
     """Train (or resume) one run to the sweep's budget, score it, write its finished marker; its rows.
 
@@ -660,6 +582,7 @@ def label_fraction(
     eval_seed: int = 0,
     predictors: str | os.PathLike | None = None,
     predictor_steps: int = 2000,
+    predictor_samples: int = 8000,
     jobs: int = 1,
     threads: int | None = None,
     device: str | None = None,
@@ -677,7 +600,8 @@ def label_fraction(
             :func:`budget_config` (its ``train.steps`` is set to ``steps``).
         baselines: model variants trained with all labels beside CausalDiffAE ("diffae", or none).
         n, eval_steps, strength, metrics, eval_seed: the evaluation (see :func:`causaldiffae.metrics.evaluate`).
-        predictors: an anti-causal predictors file (default: trained once into ``out``).
+        predictors: an anti-causal predictors file (default: trained once into ``out``, for ``predictor_steps``
+            steps; on a generated data set on ``predictor_samples`` independent simulator draws).
         jobs: runs trained side by side in processes, each with ``threads`` torch threads
             (default: the cores / jobs).
         print_commands: print every run's ``causaldiffae train`` command and return without training.
@@ -713,56 +637,53 @@ def label_fraction(
         return pd.DataFrame(columns=["run", "model", "variant", "label_fraction", "seed", "steps", "metric", "value"])
     size = RunConfig.load(sweep.train_config_path).model.unet.image_size
     es = build_eval_set(sweep.graph, sweep.data, size, n, eval_seed, sweep.predictors or out / "predictors.safetensors",
-                        predictor_steps=predictor_steps, device=device, progress=progress)
-    reference = _load_or_build_reference(es, out / "reference.json", sweep.evaluation.to_dict())
+                        predictor_steps=predictor_steps, device=device, progress=progress, predictor_samples=predictor_samples)
     jobs_threads = _threads_per_job(jobs, threads)
-    per_run = _run_all([(sweep, s, es, reference) for s in specs], run_one, jobs, jobs_threads, progress, "ablation runs")
+    per_run = _run_all([(sweep, s, es) for s in specs], run_one, jobs, jobs_threads, progress, "ablation runs")
     rows = []
     for spec, run_rows in zip(specs, per_run):
-        for r in _with_derived(run_rows, reference, spec.name):
+        for r in run_rows:
             rows.append({"run": spec.name, "model": spec.model, "variant": spec.variant, "label_fraction": spec.label_fraction,
                          "seed": spec.seed, "steps": sweep.steps, "metric": r["metric"], "value": r["value"]})
-    for r in reference_rows(reference):
+    for r in reference_rows(per_run[0]):
         rows.append({"run": r["run"], "model": r["run"], "variant": None, "label_fraction": np.nan, "seed": np.nan,
                      "steps": np.nan, "metric": r["metric"], "value": r["value"]})
     df = pd.DataFrame(rows, columns=["run", "model", "variant", "label_fraction", "seed", "steps", "metric", "value"])
     df = df.astype({"seed": "Int64", "steps": "Int64"})
     title = f"Label fraction: {Path(sweep.graph).name} on {sweep.data}"
-    notes = _notes(es, reference, sweep.evaluation, f"{sweep.steps} training steps per run "
+    notes = _notes(es, per_run[0], sweep.evaluation, f"{sweep.steps} training steps per run "
                    f"({'config ' + sweep.config if sweep.config else 'budget_config'}), seeds {', '.join(map(str, sweep.seeds))}")
     write_report(df, out, title, by="label_fraction", notes=notes)
     return df
 
 
-def _notes(es: EvalSet, reference: Mapping[str, Any], ev: EvalSettings, budget: str, guidance: str | None = None) -> list[str]:
+def _notes(es: EvalSet, rows: Sequence[Mapping[str, Any]], ev: EvalSettings, budget: str, guidance: str | None = None) -> list[str]:
+    """The report's header lines: budget, images, where the intended values come from, what the references are."""
+    from causaldiffae.metrics import MIN_GAP
+
     src = ("the simulator's true counterfactuals (" + str(es.simulator_name) + ")" if es.simulator is not None else
            "DoWhy's invertible SCM fitted on the training label table, read off the images by the anti-causal "
-           "predictors (no simulator: no pixel ground truth, no floor, no achieved fraction)")
+           "predictors (no simulator: no true image, so no floor and no pixel ground truth; the achieved fractions "
+           "take the floor as 0 and are lower bounds)")
     where = "held-out test images" if es.held_out else "images of the data (it has no split column, so these are training images)"
     notes = [f"Budget: {budget}.",
              f"Scored on {len(es.dataset)} {where}, every node intervened on once (each image takes another image's value), "
              f"{ev.steps} DDIM steps, guidance {guidance or f'w = {ev.strength:g}'}.",
              f"Intended values: {src}.",
              "Effectiveness MAE in normalised label units (lower is better); do-nothing returns the factual image unchanged"
-             + ("; floor is the true counterfactual image scored by the same predictors; achieved fraction = "
-                "(do-nothing - model) / (do-nothing - floor), 1 = as good as the truth." if reference.get("floor") else ".")]
-    left_out = []
-    if reference.get("floor"):
-        for name, f in reference["floor"]["by_intervention"].items():
-            d = reference["do-nothing"]["by_intervention"][name]
-            for group in ("intervened", "descendants"):
-                if f.get(group) is not None and d.get(group) is not None and not d[group] - f[group] >= SEPARABLE * d[group]:
-                    left_out.append(f"{name} {group} (floor {f[group]:.3f}, do-nothing {d[group]:.3f})")
+             + ("; floor is the true counterfactual image scored by the same predictors" if es.simulator is not None else "")
+             + "; achieved fraction = (do-nothing - model) / (do-nothing - floor), 0 = nothing moved, 1 = as good as the truth."]
+    left_out = undefined_fractions(rows)
     if left_out:
-        notes.append(f"Left out of the achieved fractions, because the predictors score the true counterfactual less than "
-                     f"{SEPARABLE:.0%} better than the unchanged image: {'; '.join(left_out)}.")
+        notes.append(f"No achieved fraction (do-nothing - floor below {MIN_GAP:g}: the predictors cannot tell the intended "
+                     f"change from doing nothing) for: {', '.join(left_out)}.")
     return notes
 
 
 # ----------------------------------------------------------------------------------------------
 # intervention strength
 # ----------------------------------------------------------------------------------------------
-def _strength_one(run: str, label: str, w: float, es: EvalSet, settings: EvalSettings, reference: Mapping[str, Any],
+def _strength_one(run: str, label: str, w: float, es: EvalSet, settings: EvalSettings,
                   out: str, threads: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
     _set_threads(threads)
     folder = Path(out) / "evaluations" / f"{label}-w{w:g}"
@@ -787,6 +708,7 @@ def strength(
     eval_seed: int = 0,
     predictors: str | os.PathLike | None = None,
     predictor_steps: int = 2000,
+    predictor_samples: int = 8000,
     jobs: int = 1,
     threads: int | None = None,
     progress: bool = True,
@@ -834,24 +756,23 @@ def strength(
                               f"{first['graph'].nodes} at {first['size']} px: one strength sweep needs one graph and size")
     settings = EvalSettings(n=n, steps=eval_steps, strength=1.0, metrics=tuple(metrics), seed=eval_seed)
     es = build_eval_set(first["graph"], str(data), first["size"], n, eval_seed, predictors or out / "predictors.safetensors",
-                        predictor_steps=predictor_steps, progress=progress)
-    reference = _load_or_build_reference(es, out / "reference.json", settings.to_dict())
-    tasks = [(str(run), label, w, es, settings, reference, str(out)) for run, label in zip(runs, labels) for w in ws]
+                        predictor_steps=predictor_steps, progress=progress, predictor_samples=predictor_samples)
+    tasks = [(str(run), label, w, es, settings, str(out)) for run, label in zip(runs, labels) for w in ws]
     per = _run_all(tasks, _strength_one, jobs, _threads_per_job(jobs, threads), progress, "strength evaluations")
     rows = []
     for (run, label, w, *_), task_rows in zip(tasks, per):
         info = infos[labels.index(label)]
         model = f"{MODEL_NAMES.get(info['variant'], info['variant'])}, {info['label_fraction']:.0%} labels"
-        for r in _with_derived(task_rows, reference, label):
+        for r in task_rows:
             rows.append({"run": label, "model": model, "variant": info["variant"], "label_fraction": info["label_fraction"],
                          "seed": info["seed"], "strength": w, "metric": r["metric"], "value": r["value"]})
-    for r in reference_rows(reference):
+    for r in reference_rows(per[0]):
         rows.append({"run": r["run"], "model": r["run"], "variant": None, "label_fraction": np.nan, "seed": np.nan,
                      "strength": np.nan, "metric": r["metric"], "value": r["value"]})
     df = pd.DataFrame(rows, columns=["run", "model", "variant", "label_fraction", "seed", "strength", "metric", "value"])
     df = df.astype({"seed": "Int64"})
     steps = sorted({i["step"] for i in infos})
-    notes = _notes(es, reference, settings, f"runs {', '.join(labels)} ({'/'.join(map(str, steps))} training steps)",
+    notes = _notes(es, per[0], settings, f"runs {', '.join(labels)} ({'/'.join(map(str, steps))} training steps)",
                    guidance="w as in the table")
     write_report(df, out, f"Intervention strength on {data}", by="strength", notes=notes)
     return df

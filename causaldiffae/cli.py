@@ -417,6 +417,8 @@ def _ablate_parser(sub) -> None:
                        "for strength without reconstruction; also composition reversibility dci)")
         q.add_argument("--predictors", help="anti-causal predictors file (default: trained once into --out)")
         q.add_argument("--predictor-steps", type=int, default=2000, help="training steps of those predictors")
+        q.add_argument("--predictor-samples", type=int, default=8000,
+                       help="independent simulator draws they train on (generated data sets only)")
         q.add_argument("--eval-seed", type=int, default=0, help="seeds the choice of images and interventions")
         q.add_argument("--no-progress", action="store_true")
     f.add_argument("--strength", type=float, default=1.0, help="guidance weight w of every query")
@@ -429,7 +431,8 @@ def _ablate_fraction(args) -> int:
         args.graph, args.data, args.out, fractions=args.fractions or ablation.FRACTIONS, seeds=args.seeds, steps=args.steps,
         baselines=args.baselines, config=args.config, batch_size=args.batch_size, n=args.n, eval_steps=args.eval_steps,
         strength=args.strength, metrics=args.metrics or ablation.DEFAULT_METRICS, eval_seed=args.eval_seed, predictors=args.predictors,
-        predictor_steps=args.predictor_steps, jobs=args.jobs, threads=args.threads, device=args.device,
+        predictor_steps=args.predictor_steps, predictor_samples=args.predictor_samples, jobs=args.jobs,
+        threads=args.threads, device=args.device,
         progress=not args.no_progress, print_commands=args.print_commands)
     return 0
 
@@ -440,7 +443,8 @@ def _ablate_strength(args) -> int:
     ablation.strength(
         args.run, args.data, args.out, strengths=args.strengths or ablation.STRENGTHS, n=args.n, eval_steps=args.eval_steps,
         metrics=args.metrics or ablation.STRENGTH_METRICS,
-        eval_seed=args.eval_seed, predictors=args.predictors, predictor_steps=args.predictor_steps, jobs=args.jobs,
+        eval_seed=args.eval_seed, predictors=args.predictors, predictor_steps=args.predictor_steps,
+        predictor_samples=args.predictor_samples, jobs=args.jobs,
         threads=args.threads, progress=not args.no_progress)
     return 0
 

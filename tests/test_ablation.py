@@ -182,27 +182,25 @@ def test_evaluation_rows_flatten_every_score_and_skip_settings():
     }
 
 
-def test_achieved_fraction_is_zero_for_do_nothing_and_one_for_the_floor():
-    ref = {"do-nothing": {"by_intervention": {"do(a)": {"intervened": 0.8, "descendants": 0.5, "non_descendants": 0.1}}},
-           "floor": {"by_intervention": {"do(a)": {"intervened": 0.2, "descendants": 0.1, "non_descendants": 0.05}}}}
-
-    def achieved(m_int, m_desc, m_non):
-        rows = [{"metric": "effectiveness.by_intervention.do(a).intervened", "value": m_int},
-                {"metric": "effectiveness.by_intervention.do(a).descendants", "value": m_desc},
-                {"metric": "effectiveness.by_intervention.do(a).non_descendants", "value": m_non}]
-        return {r["metric"]: r["value"] for r in ablation.honest_rows(rows, ref, "r")}
-
-    assert achieved(0.8, 0.5, 0.1)["achieved.intervened"] == pytest.approx(0.0)
-    got = achieved(0.2, 0.1, 0.05)
-    assert got["achieved.intervened"] == pytest.approx(1.0) and got["achieved.descendants"] == pytest.approx(1.0)
-    got = achieved(0.5, 0.3, 0.15)
-    assert got["achieved.intervened"] == pytest.approx(0.5) and got["achieved.descendants"] == pytest.approx(0.5)
-    assert got["drift.non_descendants"] == pytest.approx(0.10)
-    assert ablation.honest_rows([], {"do-nothing": {}, "floor": None}, "r") == []  # no simulator, no floor
-    # where the predictors cannot tell the truth from the unchanged image, no achieved fraction is made up
-    ref["floor"]["by_intervention"]["do(a)"]["intervened"] = 0.79
-    got = achieved(0.5, 0.3, 0.15)
-    assert "achieved.intervened" not in got and got["achieved.descendants"] == pytest.approx(0.5)
+def test_references_are_read_off_evaluate_baselines():
+    rows = [{"metric": m, "value": v} for m, v in {
+        "effectiveness.by_intervention.do(a).baselines.intervened.do_nothing": 0.8,
+        "effectiveness.by_intervention.do(a).baselines.intervened.floor": 0.2,
+        "effectiveness.by_intervention.do(a).baselines.intervened.achieved_fraction": 0.5,
+        "effectiveness.by_intervention.do(a).baselines.descendants.do_nothing": 0.12,
+        "effectiveness.by_intervention.do(a).baselines.descendants.floor": 0.1,  # gap below MIN_GAP: no fraction
+        "effectiveness.by_intervention.do(b).baselines.intervened.do_nothing": 0.6,
+        "effectiveness.by_intervention.do(b).baselines.intervened.floor": 0.1,
+        "effectiveness.by_intervention.do(b).baselines.intervened.achieved_fraction": 0.1,
+        "ground_truth.identity_mean.mae_255": 4.0, "ground_truth.identity_mean.ssim": 0.9,
+    }.items()]
+    ref = {(r["run"], r["metric"]): r["value"] for r in ablation.reference_rows(rows)}
+    assert ref[("do-nothing", "effectiveness.mean.intervened")] == pytest.approx(0.7)
+    assert ref[("floor", "effectiveness.mean.intervened")] == pytest.approx(0.15)
+    assert ref[("do-nothing", "ground_truth.mean.mae_255")] == 4.0 and ref[("floor", "ground_truth.mean.mae_255")] == 0.0
+    assert ablation.undefined_fractions(rows) == ["do(a) descendants"]
+    no_floor = [r for r in rows if not r["metric"].endswith(".floor")]
+    assert not any(run == "floor" for run, _ in {(r["run"], r["metric"]) for r in ablation.reference_rows(no_floor)})
 
 
 def test_sweep_with_a_simulator_scores_against_the_true_counterfactuals(tmp_path):
@@ -215,12 +213,14 @@ def test_sweep_with_a_simulator_scores_against_the_true_counterfactuals(tmp_path
     config.write_text(yaml.safe_dump(d))
     out = tmp_path / "sweep"
     df = ablation.label_fraction("pendulum", data, out, fractions=[1.0], seeds=1, steps=4, baselines=(), config=config,
-                                 n=8, eval_steps=2, predictor_steps=10, threads=1, progress=False)
+                                 n=8, eval_steps=2, predictor_steps=10, predictor_samples=64, threads=1, progress=False)
     value = df.set_index(["run", "metric"])["value"]
     floor_gt, dn_gt = value[("floor", "ground_truth.mean.mae_255")], value[("do-nothing", "ground_truth.mean.mae_255")]
     assert floor_gt == 0.0 and dn_gt > 0.0  # the truth is the truth; the factual image is not the counterfactual
     run = "causal-1-seed0"
-    for key in ("ground_truth.mean.mae_255", "ground_truth.mean.ssim", "achieved.intervened"):
+    for key in ("ground_truth.mean.mae_255", "ground_truth.mean.ssim", "ground_truth.changed_region_mean.model_mae_255"):
         assert math.isfinite(value[(run, key)])
+    dn = [v for (r, m), v in value.items() if r == run and m.endswith(".baselines.intervened.do_nothing")]
+    assert len(dn) == 4 and value[("do-nothing", "effectiveness.mean.intervened")] == pytest.approx(np.mean(dn))
     md = (out / "results.md").read_text()
-    assert "true counterfactuals (pendulum)" in md and "| *floor* |" in md and "achieved" in md
+    assert "true counterfactuals (pendulum)" in md and "| *floor* |" in md and "| *do-nothing* |" in md
