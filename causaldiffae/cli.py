@@ -443,6 +443,77 @@ def _evaluate(args) -> int:
     return 0
 
 
+@command("ablate")
+def _ablate_parser(sub) -> None:
+    p = sub.add_parser("ablate", help="label-fraction and guidance-strength ablations with seeds, a table and plots")
+    asub = p.add_subparsers(dest="ablate_command", required=True)
+
+    f = asub.add_parser("label-fraction", help="train and score a run per label fraction and seed (and the Diff-AE baseline)",
+                        description="Train CausalDiffAE at each label fraction and seed (plus each baseline with all labels), "
+                                    "score every run on the same held-out images, and write results.csv, results.md and plots "
+                                    "into --out. Rerun the same command to continue a killed sweep. See docs/ablations.md.")
+    f.add_argument("--graph", required=True, help="graph file or shipped name")
+    f.add_argument("--data", required=True, help="data folder (images + labels.csv), .npz, or a generated name")
+    f.add_argument("--fractions", type=float, nargs="+", help="label fractions in (0, 1] (default: 0.01 0.1 0.5 1)")
+    f.add_argument("--seeds", type=int, default=3, help="seeds per fraction (0 .. N-1)")
+    f.add_argument("--steps", type=int, default=600, help="training steps of every run (the budget)")
+    f.add_argument("--baselines", nargs="*", default=["diffae"], choices=["diffae"], help="baseline variants with all labels (none: --baselines)")
+    f.add_argument("--config", help="run config file for every run instead of the budget-scaled default (its steps are set to --steps)")
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
+    f.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
+    f.add_argument("--print-commands", action="store_true", help="print each run's `causaldiffae train` command and stop")
+    f.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    f.add_argument("-o", "--out", required=True, help="the sweep's folder (rerun into it to continue)")
+    f.set_defaults(func=_ablate_fraction)
+
+    s = asub.add_parser("strength", help="score trained runs at several guidance weights w")
+    s.add_argument("--run", nargs="+", required=True, help="run folders (runs of one variant and label fraction are averaged)")
+    s.add_argument("--data", required=True, help="data folder / .npz / generated name")
+    s.add_argument("--strengths", type=float, nargs="+", help="guidance weights w (default: 0 0.5 1 2 3 5)")
+    s.add_argument("--jobs", type=int, default=1, help="evaluations side by side (processes)")
+    s.add_argument("--threads", type=int, help="torch threads per evaluation (default: cores / jobs)")
+    s.add_argument("-o", "--out", required=True, help="output folder")
+    s.set_defaults(func=_ablate_strength)
+    for q in (f, s):
+        q.add_argument("--n", type=int, default=64, help="held-out images every run is scored on")
+        q.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of every query")
+        q.add_argument("--metrics", nargs="+", help="evaluate() metrics (default: reconstruction effectiveness ground_truth, "
+                       "for strength without reconstruction; also composition reversibility dci)")
+        q.add_argument("--predictors", help="anti-causal predictors file (default: trained once into --out)")
+        q.add_argument("--predictor-steps", type=int, default=2000, help="training steps of those predictors")
+        q.add_argument("--predictor-samples", type=int, default=8000,
+                       help="independent simulator draws they train on (generated data sets only)")
+        q.add_argument("--eval-seed", type=int, default=0, help="seeds the choice of images and interventions")
+        q.add_argument("--no-progress", action="store_true")
+    f.add_argument("--strength", type=float, default=1.0, help="guidance weight w of every query")
+
+
+def _ablate_fraction(args) -> int:
+    from causaldiffae import ablation
+
+    ablation.label_fraction(
+        args.graph, args.data, args.out, fractions=args.fractions or ablation.FRACTIONS, seeds=args.seeds, steps=args.steps,
+        baselines=args.baselines, config=args.config, batch_size=args.batch_size, n=args.n, eval_steps=args.eval_steps,
+        strength=args.strength, metrics=args.metrics or ablation.DEFAULT_METRICS, eval_seed=args.eval_seed, predictors=args.predictors,
+        predictor_steps=args.predictor_steps, predictor_samples=args.predictor_samples, jobs=args.jobs,
+        threads=args.threads, device=args.device,
+        progress=not args.no_progress, print_commands=args.print_commands)
+    return 0
+
+
+def _ablate_strength(args) -> int:
+    from causaldiffae import ablation
+
+    ablation.strength(
+        args.run, args.data, args.out, strengths=args.strengths or ablation.STRENGTHS, n=args.n, eval_steps=args.eval_steps,
+        metrics=args.metrics or ablation.STRENGTH_METRICS,
+        eval_seed=args.eval_seed, predictors=args.predictors, predictor_steps=args.predictor_steps,
+        predictor_samples=args.predictor_samples, jobs=args.jobs,
+        threads=args.threads, progress=not args.no_progress)
+    return 0
+
+
 @command("demo")
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="counterfactuals from a shipped model beside the simulator's true ones")

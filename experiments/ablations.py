@@ -1,39 +1,28 @@
 """The evaluation experiments of docs/results.md, each one resumable command.
 
-    python experiments/ablations.py fraction --data pendulum --steps 600 --out runs/ablation
-    python experiments/ablations.py strength --run runs/pendulum --data pendulum --out runs/strength
+The label-fraction and strength ablations are the library's (``causaldiffae ablate``,
+:mod:`causaldiffae.ablation`, docs/ablations.md); ``fraction`` and ``strength`` here only call them::
+
+    python experiments/ablations.py fraction --data pendulum --steps 600 --out runs/ablation      # = causaldiffae ablate label-fraction
+    python experiments/ablations.py strength --run runs/ablation/pendulum/runs/causal-1-seed0 --data pendulum --out runs/strength
     python experiments/ablations.py recon-steps --run runs/pendulum --data pendulum --out runs/recon
     python experiments/ablations.py baselines --run runs/pendulum --diffae runs/pendulum-diffae --data pendulum --out runs/baselines
     python experiments/ablations.py references --data pendulum --n 64 --out runs/references
 
-``fraction`` trains CausalDiffAE with label_fraction in {0.01, 0.1, 0.5, 1.0} (and the Diff-AE
-baseline at 1.0) with the same budget (``--steps``), each run resumable (a finished run is not
-retrained), then scores every run. ``strength`` sweeps the guidance weight w; ``recon-steps``
-writes the invert-then-decode table against the number of DDIM steps; ``baselines`` compares
-CausalDiffAE (DDIM abduction), the reference procedure (forward-noising abduction) and Diff-AE.
+``recon-steps`` writes the invert-then-decode table against the number of DDIM steps; ``baselines``
+compares CausalDiffAE (DDIM abduction), the reference procedure (forward-noising abduction) and
+Diff-AE on ``--n`` held-out images: effectiveness MAE of the intervened node / its descendants /
+the others (anti-causal predictors, normalised label units; intended values from the simulator, or
+from the model's SCM on data without one), ground-truth pixel MAE (0-255) and SSIM where there is a
+simulator, invert-then-decode MSE/SSIM and composition (null intervention, 1 and 10 cycles, L1 0-255).
 ``references`` scores the two references every table needs on the same images and interventions
 (no model query, seconds): **do nothing** (the factual image returned unchanged) and the **floor**
 (the simulator's true counterfactual), read by the same predictors (default: the shipped ones).
-Each writes ``results.csv`` (pandas), a Markdown table and, where it helps, a plot (matplotlib)
-into ``--out``. ``fraction --gpu`` trains the larger model preset (``ModelConfig.gpu_preset``) on CUDA
-with a bigger batch, for the full-size version of the ablation.
-
-Short budgets need their own optimiser settings: with a KL warm-up over 2,000 steps and EMA decay
-0.999 a 400-step run would end before the warm-up and sample from EMA weights that are still
-mostly the initialisation; the library scales both to the run's length (``TrainConfig.resolved``).
-
-Scores (on ``--n`` held-out images, every node intervened on once, each image taking another
-image's value): effectiveness MAE of the intervened node / its descendants / the others
-(anti-causal predictors, in normalised label units; intended values from the data set's simulator),
-ground-truth pixel MAE (0-255) and SSIM against the simulator's true counterfactuals,
-invert-then-decode MSE/SSIM at ``--steps-eval`` DDIM steps, and composition (null intervention,
-1 and 10 cycles, L1 0-255).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,14 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from causaldiffae import ablation  # noqa: E402
 from causaldiffae import counterfactual as cf  # noqa: E402
 from causaldiffae import metrics  # noqa: E402
 
-FRACTIONS = (0.01, 0.1, 0.5, 1.0)
-STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
-
 
 def _data(model, spec: str, n: int, seed: int = 0):
+    """``n`` seeded test images of ``spec``, their labels and factual table, and the simulator (or None)."""
     from causaldiffae.data import open_dataset
 
     ds = open_dataset(spec, model.graph.label_columns, size=model.image_shape[1], split="test")
@@ -77,22 +65,24 @@ def _predictors(path: Path, model, spec: str):
 
 def score(model, images, labels, table, sim, predictors, steps: int = 20, strength: float = 1.0,
           abduction: str = "ddim", composition: bool = True) -> dict[str, Any]:
-    """The scores described in the module docstring, as one flat dict."""
-    simulator, size, _ = sim
+    """The baselines' scores (module docstring) as one flat dict; ground truth only with a simulator."""
+    simulator, size, _ = sim if sim is not None else (None, None, None)
     row: dict[str, Any] = {}
     effs, gts = [], []
     for do in metrics.default_interventions(model.graph, labels, seed=0):
         res = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, abduction=abduction)
         effs.append(metrics.effectiveness(model, predictors, images, do, labels=labels, simulator=simulator, table=table,
                                           counterfactuals=res))
-        gts.append(metrics.ground_truth_error(model, images, table, do, simulator, size=size, counterfactuals=res))
+        if simulator is not None:
+            gts.append(metrics.ground_truth_error(model, images, table, do, simulator, size=size, counterfactuals=res))
         (node,) = do
         row[f"mae_{node}"] = effs[-1]["intervened"]
     for key in ("intervened", "descendants", "non_descendants"):
         vals = [e[key] for e in effs if e.get(key) is not None]
         row[f"eff_{key}"] = float(np.mean(vals)) if vals else None
-    row["gt_mae_255"] = float(np.mean([g["mae_255"] for g in gts]))
-    row["gt_ssim"] = float(np.mean([g["ssim"] for g in gts]))
+    if gts:
+        row["gt_mae_255"] = float(np.mean([g["mae_255"] for g in gts]))
+        row["gt_ssim"] = float(np.mean([g["ssim"] for g in gts]))
     rec = cf.counterfactual(model, images, do={}, steps=steps, abduction=abduction).images
     row["recon_mse"] = float(metrics.mse(rec, images).mean())
     row["recon_ssim"] = float(metrics.ssim(rec, images).mean())
@@ -114,123 +104,13 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _write(rows: list[dict], out: Path, title: str, index: list[str]) -> pd.DataFrame:
+def _write(rows: list[dict], out: Path, title: str) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(f"## {title}\n\n" + markdown_table(df) + "\n")
     print(df.to_string(index=False))
     return df
-
-
-def _plot(df: pd.DataFrame, x: str, ys: list[str], path: Path, logx: bool = False) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(ys), figsize=(3.2 * len(ys), 2.8))
-    for ax, y in zip(np.atleast_1d(axes), ys):
-        for key, g in df.groupby("model") if "model" in df else [("", df)]:
-            ax.plot(g[x], g[y], marker="o", label=key)
-        ax.set_xlabel(x), ax.set_title(y, fontsize=9)
-        if logx:
-            ax.set_xscale("log")
-    if "model" in df:
-        np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print("wrote", path)
-
-
-def budget_config(steps: int, gpu: bool = False, batch_size: int | None = None):
-    """The run config of one ablation run of ``steps`` optimisation steps.
-
-    The warm-up and the EMA horizon follow the run's length (the library's rule,
-    :meth:`causaldiffae.training.TrainConfig.resolved`: warm-up a fifth of the run, EMA horizon a
-    twentieth); the learning rate is the one the shipped models were trained with (5e-4); no
-    preview grids.
-    """
-    from causaldiffae.model import ModelConfig
-    from causaldiffae.training import RunConfig, TrainConfig
-
-    model = ModelConfig.gpu_preset() if gpu else ModelConfig()
-    train = TrainConfig(steps=steps, batch_size=batch_size or (128 if gpu else 64), lr=5e-4,
-                        checkpoint_every=max(50, steps // 4), sample_every=0)
-    return RunConfig(model=model, train=train)
-
-
-def cmd_fraction(a) -> None:
-    from causaldiffae.checkpoint import load_checkpoint
-    from causaldiffae.model import CausalDiffAE
-    from causaldiffae.pipeline import fit
-
-    out = Path(a.out)
-    rows = []
-    jobs = [("causal", f) for f in FRACTIONS] + [("diffae", 1.0)]
-    for variant, frac in jobs:
-        run = out / a.data / f"{variant}-{frac:g}"
-        done = (run / "checkpoint.safetensors").exists() and load_checkpoint(run)[1].get("step", 0) >= a.steps
-        if not done:
-            cfg = budget_config(a.steps, gpu=a.gpu, batch_size=a.batch_size)
-            fit(a.graph or a.data, a.data, run, cfg, resume=(run / "checkpoint.safetensors").exists(),
-                device="cuda" if a.gpu else None, progress=True, check=False, label_fraction=frac, variant=variant)
-        model, _ = CausalDiffAE.load(run)
-        images, labels, table, sim = _data(model, a.data, a.n)
-        row = {"model": variant, "label_fraction": frac, "steps": a.steps}
-        row.update(score(model, images, labels, table, sim, _predictors(out / a.data / "predictors.safetensors", model, a.data), steps=a.steps_eval,
-                         composition=False))
-        rows.append(row)
-        _write(rows, out / a.data, f"Label fraction ({a.data}, {a.steps} steps per run)", ["model", "label_fraction"])
-    df = pd.DataFrame(rows)
-    _plot(df, "label_fraction", ["eff_intervened", "eff_descendants", "gt_ssim", "recon_ssim"], out / a.data / "fraction.png", logx=True)
-
-
-def cmd_strength(a) -> None:
-    from causaldiffae.model import CausalDiffAE
-
-    rows = []
-    for run in a.run:
-        model, meta = CausalDiffAE.load(run)
-        images, labels, table, sim = _data(model, a.data, a.n)
-        pred = _predictors(Path(run) / "predictors.safetensors", model, a.data)
-        frac = meta["config"]["train"]["label_fraction"]
-        for w in STRENGTHS:
-            row = {"model": f"{Path(run).name} (labels {frac:g})", "strength": w}
-            row.update(score(model, images, labels, table, sim, pred, steps=a.steps_eval, strength=w, composition=False))
-            rows.append(row)
-            _write(rows, Path(a.out), f"Intervention strength ({a.data})", ["model", "strength"])
-    _plot(pd.DataFrame(rows), "strength", ["eff_intervened", "eff_descendants", "gt_ssim"], Path(a.out) / "strength.png")
-
-
-def cmd_recon_steps(a) -> None:
-    from causaldiffae.model import CausalDiffAE
-
-    model, _ = CausalDiffAE.load(a.run)
-    images, *_ = _data(model, a.data, a.n)
-    df = metrics.reconstruction(model, images, steps=(10, 20, 50, 100))
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    df.to_csv(Path(a.out) / "results.csv", index=False)
-    (Path(a.out) / "results.md").write_text(markdown_table(df, 4) + "\n")
-    print(df.to_string(index=False))
-
-
-def cmd_baselines(a) -> None:
-    from causaldiffae.model import CausalDiffAE
-
-    rows = []
-    entries = [("CausalDiffAE (DDIM abduction)", a.run, "ddim"), ("reference (noise abduction)", a.run, "noise")]
-    if a.diffae:
-        entries.append(("Diff-AE (no mechanisms)", a.diffae, "ddim"))
-    for name, run, abduction in entries:
-        model, _ = CausalDiffAE.load(run)
-        images, labels, table, sim = _data(model, a.data, a.n)
-        row = {"model": name}
-        row.update(score(model, images, labels, table, sim, _predictors(Path(a.run) / "predictors.safetensors", model, a.data), steps=a.steps_eval,
-                         strength=a.strength, abduction=abduction, composition=abduction == "ddim"))
-        rows.append(row)
-        _write(rows, Path(a.out), f"Baselines ({a.data})", ["model"])
 
 
 def reference_rows(model, images, labels, table, sim, predictors) -> list[dict[str, Any]]:
@@ -265,20 +145,72 @@ def cmd_references(a) -> None:
     images, labels, table, sim = _data(model, a.data, a.n)
     ppath = Path(a.predictors) if a.predictors else Path(metrics.__file__).parents[1] / "pretrained" / f"{a.data}.predictors.safetensors"
     rows = reference_rows(model, images, labels, table, sim, load_predictors(ppath))
-    _write(rows, Path(a.out), f"References ({a.data}, {len(labels)} test images, predictors {ppath.name})", ["model"])
+    _write(rows, Path(a.out), f"References ({a.data}, {len(labels)} test images, predictors {ppath.name})")
+
+
+def cmd_fraction(a) -> None:
+    import yaml
+
+    out = Path(a.out) / Path(a.data).name
+    config = None
+    if a.gpu:  # the larger preset, written as a config file so every run's train command reads it
+        d = ablation.budget_config(a.steps, batch_size=a.batch_size, gpu=True).to_dict()
+        d["train"]["betas"] = list(d["train"]["betas"])
+        out.mkdir(parents=True, exist_ok=True)
+        config = out / "gpu-config.yaml"
+        config.write_text(yaml.safe_dump(d, sort_keys=False))
+    ablation.label_fraction(a.graph or a.data, a.data, out, fractions=a.fractions, seeds=a.seeds, steps=a.steps,
+                            config=config, batch_size=a.batch_size, n=a.n, eval_steps=a.steps_eval, jobs=a.jobs,
+                            device="cuda" if a.gpu else None)
+
+
+def cmd_strength(a) -> None:
+    ablation.strength(a.run, a.data, a.out, n=a.n, eval_steps=a.steps_eval)
+
+
+def cmd_recon_steps(a) -> None:
+    from causaldiffae.model import CausalDiffAE
+
+    model, _ = CausalDiffAE.load(a.run)
+    images, *_ = _data(model, a.data, a.n)
+    df = metrics.reconstruction(model, images, steps=(10, 20, 50, 100))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    df.to_csv(Path(a.out) / "results.csv", index=False)
+    (Path(a.out) / "results.md").write_text(markdown_table(df, 4) + "\n")
+    print(df.to_string(index=False))
+
+
+def cmd_baselines(a) -> None:
+    from causaldiffae.model import CausalDiffAE
+
+    rows = []
+    entries = [("CausalDiffAE (DDIM abduction)", a.run, "ddim"), ("reference (noise abduction)", a.run, "noise")]
+    if a.diffae:
+        entries.append(("Diff-AE (no mechanisms)", a.diffae, "ddim"))
+    for name, run, abduction in entries:
+        model, _ = CausalDiffAE.load(run)
+        images, labels, table, sim = _data(model, a.data, a.n)
+        row = {"model": name}
+        row.update(score(model, images, labels, table, sim, _predictors(Path(a.run) / "predictors.safetensors", model, a.data),
+                         steps=a.steps_eval, strength=a.strength, abduction=abduction, composition=abduction == "ddim"))
+        rows.append(row)
+    _write(rows, Path(a.out), f"Baselines ({a.data})")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fraction")
+    f = sub.add_parser("fraction", help="= causaldiffae ablate label-fraction (into OUT/<data name>)")
     f.add_argument("--data", required=True, help="a generated data set (pendulum, morphomnist) or its folder")
     f.add_argument("--graph", help="graph (default: the shipped graph named like the data)")
+    f.add_argument("--fractions", type=float, nargs="+", default=list(ablation.FRACTIONS))
+    f.add_argument("--seeds", type=int, default=3)
     f.add_argument("--steps", type=int, default=600, help="training steps per run (the budget)")
     f.add_argument("--batch-size", type=int)
-    f.add_argument("--gpu", action="store_true", help="the larger model preset, trained on CUDA")
+    f.add_argument("--jobs", type=int, default=1)
+    f.add_argument("--gpu", action="store_true", help="the larger model preset (ModelConfig.gpu_preset), batch 128, on CUDA")
     f.add_argument("--out", default="runs/ablation")
-    s = sub.add_parser("strength")
+    s = sub.add_parser("strength", help="= causaldiffae ablate strength")
     s.add_argument("--run", nargs="+", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--out", default="runs/strength")

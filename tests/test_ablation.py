@@ -1,0 +1,226 @@
+"""Ablation sweeps (causaldiffae.ablation, `causaldiffae ablate`): a user's folder + graph file end to
+end, resuming a killed sweep, the plain train commands, the adapter over evaluate()'s result, and a
+generated data set with a simulator (references, floor, achieved fraction)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import SIZE, tiny_labels, tiny_render, tiny_run_config  # noqa: E402
+
+from causaldiffae import ablation  # noqa: E402
+from causaldiffae.cli import main  # noqa: E402
+
+
+def _user_folder(root: Path, n: int = 80) -> tuple[Path, Path, Path]:
+    """The tiny world written as a user would: PNGs + labels.csv (with a split column), a DOT graph, a config."""
+    folder = root / "data"
+    folder.mkdir(parents=True)
+    labels = tiny_labels(n, seed=3)
+    files = []
+    for i, img in enumerate(tiny_render(labels)):
+        Image.fromarray(img).save(folder / f"img{i:03d}.png")
+        files.append(f"img{i:03d}.png")
+    pd.DataFrame({"file": files, "a": labels[:, 0], "b": labels[:, 1],
+                  "split": ["test" if i % 4 == 0 else "train" for i in range(n)]}).to_csv(folder / "labels.csv", index=False)
+    graph = root / "world.dot"
+    graph.write_text("digraph world {\n  a [dim=2, loc=0, scale=0.5];\n  b [dim=2, loc=0, scale=0.5];\n  a -> b;\n}\n")
+    config = root / "tiny.yaml"
+    d = tiny_run_config(steps=6).to_dict()
+    d["train"]["betas"] = list(d["train"]["betas"])
+    config.write_text(yaml.safe_dump(d))
+    return folder, graph, config
+
+
+def _args(graph: Path, data: Path, config: Path, out: Path, *extra: str) -> list[str]:
+    return ["ablate", "label-fraction", "--graph", str(graph), "--data", str(data), "--config", str(config),
+            "--fractions", "0.5", "1", "--seeds", "2", "--steps", "6", "--baselines", "--n", "12", "--eval-steps", "3",
+            "--predictor-steps", "20", "--threads", "1", "--no-progress", "--out", str(out), *extra]
+
+
+def test_sweep_on_a_users_folder_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
+    from causaldiffae import pipeline
+    from causaldiffae.checkpoint import load_checkpoint
+
+    data, graph, config = _user_folder(tmp_path)
+    out = tmp_path / "sweep"
+    names = ["causal-0.5-seed0", "causal-0.5-seed1", "causal-1-seed0", "causal-1-seed1"]
+
+    trained: list[str] = []
+    real_fit = pipeline.fit
+
+    def counting_fit(graph_, data_, run_dir, *a, **kw):
+        trained.append(Path(run_dir).name)
+        return real_fit(graph_, data_, run_dir, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", counting_fit)
+
+    # first attempt: killed while the third run is being scored (after its training)
+    real_score = ablation.score_run
+    scored: list[str] = []
+
+    def dying_score(run_dir, *a, **kw):
+        scored.append(Path(run_dir).name)
+        if len(scored) == 3:
+            raise KeyboardInterrupt
+        return real_score(run_dir, *a, **kw)
+
+    monkeypatch.setattr(ablation, "score_run", dying_score)
+    assert main(_args(graph, data, config, out)) == 130
+    assert trained == names[:3]
+    runs = out / "runs"
+    assert [(runs / n / ablation.FINISHED).exists() for n in names] == [True, True, False, False]
+    assert (runs / names[2] / "checkpoint.safetensors").exists()
+    mtimes = {n: (runs / n / "checkpoint.safetensors").stat().st_mtime_ns for n in names[:3]}
+
+    # the rerun: nothing finished is retrained or rescored, the killed run is only scored, the last one trained
+    monkeypatch.setattr(ablation, "score_run", real_score)
+    trained.clear()
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out)) == 0
+    printed = capsys.readouterr().out
+    assert trained == [names[3]]
+    assert {n: (runs / n / "checkpoint.safetensors").stat().st_mtime_ns for n in names[:3]} == mtimes
+    assert all((runs / n / ablation.FINISHED).exists() for n in names)
+    assert printed.count("| model |") == 1  # the table is printed once
+
+    # results.csv: one row per run and metric, the four runs and the do-nothing reference
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["run"]) == set(names) | {"do-nothing"}
+    assert not df.duplicated(["run", "metric"]).any()
+    for n in names:
+        sub = df[df["run"] == n].set_index("metric")["value"]
+        for key in ("effectiveness.mean.intervened", "effectiveness.mean.descendants", "reconstruction.steps_3.ssim"):
+            assert math.isfinite(sub[key])
+    assert not df["metric"].str.startswith("ground_truth").any()  # no simulator: no pixel ground truth
+    fractions = df[df["run"].isin(names)].groupby("run")["label_fraction"].first()
+    assert fractions.to_dict() == {"causal-0.5-seed0": 0.5, "causal-0.5-seed1": 0.5, "causal-1-seed0": 1.0, "causal-1-seed1": 1.0}
+
+    # the Markdown table: mean ± std over the two seeds, which agree with the CSV
+    md = (out / "results.md").read_text()
+    assert "DoWhy" in md and "no floor" in md and "held-out test images" in md
+    rows = [line for line in md.splitlines() if line.startswith("| CausalDiffAE |")]
+    assert len(rows) == 2 and all(" | 2 | " in r and "±" in r for r in rows)
+    v = df[(df["metric"] == "effectiveness.mean.intervened") & (df["label_fraction"] == 0.5) & df["run"].isin(names)]["value"]
+    mean, std = rows[0].split(" | ")[3].split(" ± ")
+    half_ulp = 0.5 * 10.0 ** -len(mean.split(".")[1]) + 1e-12
+    assert abs(float(mean) - v.mean()) <= half_ulp and abs(float(std) - v.std()) <= half_ulp
+    assert any(line.startswith("| *do-nothing* |") for line in md.splitlines())
+
+    # the plots exist and are images
+    for p in [out / "label_fraction.png", out / "plots" / "effectiveness_mean_intervened.png"]:
+        with Image.open(p) as im:
+            assert im.size[0] > 200 and im.size[1] > 150
+
+    # --jobs 2: two runs side by side in processes give the same scores as one after the other
+    args = _args(graph, data, config, tmp_path / "parallel", "--jobs", "2", "--predictors", str(out / "predictors.safetensors"))
+    args[args.index("--fractions") + 1: args.index("--seeds")] = ["1"]
+    assert main(args) == 0
+    par = pd.read_csv(tmp_path / "parallel" / "results.csv").set_index(["run", "metric"])["value"]
+    seq = df.set_index(["run", "metric"])["value"]
+    assert set(par.index.get_level_values(0)) == {"causal-1-seed0", "causal-1-seed1", "do-nothing"}
+    assert np.allclose(par.to_numpy(), seq.loc[par.index].to_numpy(), rtol=0, atol=1e-6)
+
+    # each run is one plain train command: the printed one rebuilds the sweep's checkpoint exactly
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out, "--print-commands")) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if "causaldiffae train" in line]
+    assert len(commands) == 4 and all(c.startswith("# trained: ") for c in commands)
+    argv = commands[0].removeprefix("# trained: ").split()[1:]
+    again = tmp_path / "again"
+    argv[argv.index("--out") + 1] = str(again)
+    assert main(argv + ["--no-progress"]) == 0
+    a, _ = load_checkpoint(runs / names[0])
+    b, _ = load_checkpoint(again)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_rerun_with_another_budget_is_refused(tmp_path, capsys):
+    data, graph, config = _user_folder(tmp_path, n=16)
+    out = tmp_path / "sweep"
+    assert main(_args(graph, data, config, out, "--print-commands")) == 0
+    args = _args(graph, data, config, out, "--print-commands")
+    args[args.index("--steps") + 1] = "5"
+    assert main(args) == 0  # nothing trained yet: the settings may still change
+    (out / "runs" / "causal-1-seed0").mkdir(parents=True)
+    (out / "runs" / "causal-1-seed0" / "checkpoint.safetensors").write_bytes(b"")  # now a run has started
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out, "--print-commands")) == 2  # 6 steps, the sweep's runs have 5
+    err = capsys.readouterr().err
+    assert str(out) in err and "steps=5" in err and "Traceback" not in err
+
+
+def test_evaluation_rows_flatten_every_score_and_skip_settings():
+    results = {
+        "n": 64, "steps": 20, "seed": 0, "nodes": ["a", "b"], "interventions": ["do(a)"], "intended_source": "dowhy",
+        "reconstruction": [{"steps": 10, "mse": 0.1, "ssim": 0.5}, {"steps": 20, "mse": 0.05, "ssim": 0.7}],
+        "effectiveness": {"mean": {"intervened": 0.3, "descendants": None, "non_descendants": 0.1},
+                          "by_intervention": {"do(a)": {"do": ["a"], "intended": "dowhy", "intervened": 0.3, "n": 64,
+                                                        "per_node": {"a": 0.3, "b": 0.2}, "groups": {"a": "intervened"}}}},
+        "composition": {"cycles": [1, 10], "steps": 20, "l1": {"1": 2.0, "10": 9.0}},
+        "reversibility": {"mean": [1.0, 2.0]},
+        "a_new_score": {"mean": {"x": 1.5}},  # whatever evaluate() gains later comes through
+    }
+    got = {r["metric"]: r["value"] for r in ablation.evaluation_rows(results, "r")}
+    assert got == {
+        "reconstruction.steps_10.mse": 0.1, "reconstruction.steps_10.ssim": 0.5,
+        "reconstruction.steps_20.mse": 0.05, "reconstruction.steps_20.ssim": 0.7,
+        "effectiveness.mean.intervened": 0.3, "effectiveness.mean.non_descendants": 0.1,
+        "effectiveness.by_intervention.do(a).intervened": 0.3,
+        "effectiveness.by_intervention.do(a).per_node.a": 0.3, "effectiveness.by_intervention.do(a).per_node.b": 0.2,
+        "composition.l1.1": 2.0, "composition.l1.10": 9.0, "reversibility.mean.1": 1.0, "reversibility.mean.2": 2.0,
+        "a_new_score.mean.x": 1.5,
+    }
+
+
+def test_references_are_read_off_evaluate_baselines():
+    rows = [{"metric": m, "value": v} for m, v in {
+        "effectiveness.by_intervention.do(a).baselines.intervened.do_nothing": 0.8,
+        "effectiveness.by_intervention.do(a).baselines.intervened.floor": 0.2,
+        "effectiveness.by_intervention.do(a).baselines.intervened.achieved_fraction": 0.5,
+        "effectiveness.by_intervention.do(a).baselines.descendants.do_nothing": 0.12,
+        "effectiveness.by_intervention.do(a).baselines.descendants.floor": 0.1,  # gap below MIN_GAP: no fraction
+        "effectiveness.by_intervention.do(b).baselines.intervened.do_nothing": 0.6,
+        "effectiveness.by_intervention.do(b).baselines.intervened.floor": 0.1,
+        "effectiveness.by_intervention.do(b).baselines.intervened.achieved_fraction": 0.1,
+        "ground_truth.identity_mean.mae_255": 4.0, "ground_truth.identity_mean.ssim": 0.9,
+    }.items()]
+    ref = {(r["run"], r["metric"]): r["value"] for r in ablation.reference_rows(rows)}
+    assert ref[("do-nothing", "effectiveness.mean.intervened")] == pytest.approx(0.7)
+    assert ref[("floor", "effectiveness.mean.intervened")] == pytest.approx(0.15)
+    assert ref[("do-nothing", "ground_truth.mean.mae_255")] == 4.0 and ref[("floor", "ground_truth.mean.mae_255")] == 0.0
+    assert ablation.undefined_fractions(rows) == ["do(a) descendants"]
+    no_floor = [r for r in rows if not r["metric"].endswith(".floor")]
+    assert not any(run == "floor" for run, _ in {(r["run"], r["metric"]) for r in ablation.reference_rows(no_floor)})
+
+
+def test_sweep_with_a_simulator_scores_against_the_true_counterfactuals(tmp_path):
+    from causaldiffae.data import generate_dataset
+
+    data = generate_dataset("pendulum", tmp_path / "pendulum", size=SIZE, n=48, progress=False)
+    config = tmp_path / "tiny.yaml"
+    d = tiny_run_config(steps=4).to_dict()
+    d["train"]["betas"] = list(d["train"]["betas"])
+    config.write_text(yaml.safe_dump(d))
+    out = tmp_path / "sweep"
+    df = ablation.label_fraction("pendulum", data, out, fractions=[1.0], seeds=1, steps=4, baselines=(), config=config,
+                                 n=8, eval_steps=2, predictor_steps=10, predictor_samples=64, threads=1, progress=False)
+    value = df.set_index(["run", "metric"])["value"]
+    floor_gt, dn_gt = value[("floor", "ground_truth.mean.mae_255")], value[("do-nothing", "ground_truth.mean.mae_255")]
+    assert floor_gt == 0.0 and dn_gt > 0.0  # the truth is the truth; the factual image is not the counterfactual
+    run = "causal-1-seed0"
+    for key in ("ground_truth.mean.mae_255", "ground_truth.mean.ssim", "ground_truth.changed_region_mean.model_mae_255"):
+        assert math.isfinite(value[(run, key)])
+    dn = [v for (r, m), v in value.items() if r == run and m.endswith(".baselines.intervened.do_nothing")]
+    assert len(dn) == 4 and value[("do-nothing", "effectiveness.mean.intervened")] == pytest.approx(np.mean(dn))
+    md = (out / "results.md").read_text()
+    assert "true counterfactuals (pendulum)" in md and "| *floor* |" in md and "| *do-nothing* |" in md
