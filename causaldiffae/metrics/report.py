@@ -76,17 +76,17 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
         if b is not None or lt is not None:
             def cells(e: Mapping[str, Any] | None) -> str:
                 if e is None:
-                    return " ".join(f"{'':>9}" for _ in range(3)) + f" {'':>15}"
+                    return " ".join(f"{'':>9}" for _ in range(3)) + f" {'':>17}"
                 return (f"{_fmt(e['model'], 3):>9} {_fmt(e['do_nothing'], 3):>9} {_fmt(e['floor'], 3):>9} "
-                        f"{_score(e):>15}")
+                        f"{_score(e):>17}")
 
-            head = f"{'model':>9} {'nothing':>9} {'floor':>9} {'achieved':>15}"
+            head = f"{'model':>9} {'nothing':>9} {'floor':>9} {'achieved':>17}"
             out.append(f"  {'node':<17} {'role':<15}  images: {head}  |  latent: {head}")
             for node in r.get("nodes", []):
                 en = (b or {}).get("per_node", {}).get(node)
                 ln = (lt or {}).get("per_node", {}).get(node)
                 role = (en or ln or {}).get("role", "?")
-                right = f"{'set by do()':>45}" if (ln is not None and role == "intervened") else cells(ln)
+                right = f"{'set by do()':>47}" if (ln is not None and role == "intervened") else cells(ln)
                 out.append(f"  {node:<17} {role:<15}          {cells(en)}  |          {right}".rstrip())
         if name in gt:
             d = gt[name]
