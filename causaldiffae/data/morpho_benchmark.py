@@ -68,7 +68,7 @@ def to_uint8_digits(images: torch.Tensor | np.ndarray) -> np.ndarray:
 def _intended(intended: Mapping[str, Any], name: str, n: int) -> np.ndarray | None:
     if name not in intended:
         return None
-    v = np.asarray(intended[name].detach().cpu() if isinstance(intended[name], torch.Tensor) else intended[name], dtype=np.float64).reshape(-1)
+    v = np.array(intended[name].detach().cpu() if isinstance(intended[name], torch.Tensor) else intended[name], dtype=np.float64).reshape(-1)
     if v.size != n:
         raise DataError(f"intended {name!r}: {v.size} values for {n} images")
     return v
