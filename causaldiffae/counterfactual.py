@@ -192,10 +192,21 @@ def intervene(model, abduction: Abduction, do: DoSpec, value_range: Mapping[str,
 
 
 @torch.no_grad()
-def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, max_batch: int = 64, progress: bool = False) -> torch.Tensor:
-    """Prediction: DDIM-decode ``x_T`` under latents ``z`` with guidance weight ``strength`` -> ``(B, C, H, W)``."""
+def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, max_batch: int = 64,
+            progress: bool = False, guidance: str | None = None) -> torch.Tensor:
+    """Prediction: DDIM-decode ``x_T`` under latents ``z`` with guidance weight ``strength`` -> ``(B, C, H, W)``.
+
+    ``guidance``: what ``strength`` amplifies against, "null" (the null condition) or "factual"
+    (the abducted latents ``abduction.z``: only the change ``z -> z'`` is amplified, and a null query
+    stays the identity at every strength); None = the model's default (``config.guidance``).
+    """
+    mode = guidance or getattr(model.config, "guidance", "null")
+    if mode not in ("null", "factual"):
+        raise InterventionError(f"guidance must be 'null' or 'factual', got {mode!r}")
+    ref = abduction.z if mode == "factual" else None
     return torch.cat([
-        model.schedule.ddim_sample(model.denoiser(), abduction.x_T[s], z[s], steps=steps, guidance=strength, progress=progress)
+        model.schedule.ddim_sample(model.denoiser(), abduction.x_T[s], z[s], steps=steps, guidance=strength, progress=progress,
+                                   reference=None if ref is None else ref[s])
         for s in _chunks(z.shape[0], max_batch)
     ]).clamp(-1, 1)
 
@@ -203,7 +214,7 @@ def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0,
 def counterfactual(
     model, images: torch.Tensor, do: DoSpec | None = None, strength: float = 1.0, steps: int = 20,
     abduction: str = "ddim", seed: int | None = 0, max_batch: int = 64, progress: bool = False,
-    value_range: Mapping[str, tuple[float, float]] | None = None, refine: int = 0,
+    value_range: Mapping[str, tuple[float, float]] | None = None, refine: int = 0, guidance: str | None = None,
 ) -> CounterfactualResult:
     """Answer "what would these images look like under ``do``?" (abduction, action, prediction).
 
@@ -218,12 +229,14 @@ def counterfactual(
         abduction: "ddim" or "noise" (reference baseline).
         seed: makes "noise" abduction deterministic.
         refine: fixed-point corrections per DDIM inversion step (see :func:`abduct`).
+        guidance: "null" or "factual" reference for ``strength`` (see :func:`predict`); None = the model's default.
     """
     do = dict(do or {})
     ab = abduct(model, images, steps=steps, method=abduction, seed=seed, max_batch=max_batch, progress=progress,
                 refine=refine)
     z_cf = intervene(model, ab, do, value_range)
-    x_cf = predict(model, ab, z_cf, strength=strength, steps=steps, max_batch=max_batch, progress=progress)
+    x_cf = predict(model, ab, z_cf, strength=strength, steps=steps, max_batch=max_batch, progress=progress,
+                   guidance=guidance)
     return CounterfactualResult(
         images=x_cf.cpu(), factual_images=ab.images.cpu(), z_factual=ab.z.cpu(), z_counterfactual=z_cf.cpu(),
         labels_factual=model.predict_labels(ab.z).cpu(), labels_counterfactual=model.predict_labels(z_cf).cpu(),

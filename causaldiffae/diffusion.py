@@ -10,6 +10,13 @@ Formulas (method.md §2), with ``a_t = alpha_bar_t``::
     q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)
     x0_hat       = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
     x_s          = sqrt(a_s) x0_hat + sqrt(1 - a_s) eps          (DDIM, eta = 0)
+
+Parameterisation (``prediction``): the network predicts either ``eps`` or
+``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho 2022); a v-output is turned into
+``eps = sqrt(a_t) v + sqrt(1 - a_t) x_t`` before any sampler step, so DDIM, inversion and guidance
+are the same code for both. The training losses differ in how they weight the clean-image error
+``||x0_hat - x0||^2``: the eps loss by ``SNR_t = a_t / (1 - a_t)`` (about 0 at high noise, where
+the scene's layout is decided), the v loss by ``1 + SNR_t`` (at least 1 at every noise level).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from tqdm.auto import tqdm
 
 from causaldiffae.errors import ConfigError, DataError
 
-__all__ = ["NoiseSchedule", "guided_eps"]
+__all__ = ["NoiseSchedule", "guided_eps", "PREDICTIONS"]
+
+PREDICTIONS = ("eps", "v")
 
 EpsModel = Callable[..., Tensor]
 
@@ -41,7 +50,10 @@ class NoiseSchedule:
     """
 
     def __init__(self, kind: Literal["linear", "cosine"] = "linear", num_timesteps: int = 1000,
-                 beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+                 beta_start: float = 1e-4, beta_end: float = 0.02, prediction: Literal["eps", "v"] = "eps") -> None:
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"NoiseSchedule: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         if num_timesteps < 2:
             raise ConfigError(f"NoiseSchedule: num_timesteps must be >= 2, got {num_timesteps}")
         if kind == "linear":
@@ -102,8 +114,33 @@ class NoiseSchedule:
         t = self.sample_t(b, x0.device, generator) if t is None else torch.as_tensor(t, device=x0.device).long()
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        eps = model(self.q_sample(x0, t, noise), t, cond, cond_mask)
-        return (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+        out = model(self.q_sample(x0, t, noise), t, cond, cond_mask)
+        return (out.float() - self.target(x0, t, noise).float()).pow(2).flatten(1).mean(1)
+
+    def target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The network's regression target at ``x_t = q_sample(x0, t, noise)``: ``noise`` ("eps") or
+        ``v = sqrt(a_t) noise - sqrt(1 - a_t) x0`` ("v"); ``(B, C, H, W)``."""
+        if self.prediction == "eps":
+            return noise
+        a = self.alpha_bar(torch.as_tensor(t).reshape(-1), x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def x0_weight(self, t: Tensor | int) -> Tensor:
+        """How the training loss weights the clean-image error at ``t``: the loss equals
+        ``x0_weight(t) * ||x0_hat - x0||^2`` (per pixel), ``SNR_t`` for "eps", ``1 + SNR_t`` for "v".
+        ``t`` int scalar or ``(B,)`` -> float64 ``(B,)``."""
+        a = self._alphas_cumprod64[torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()]
+        snr = a / (1 - a)
+        return snr if self.prediction == "eps" else 1 + snr
+
+    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """The network's output at ``x_t`` (``(B, C, H, W)``, timestep ``t`` scalar or ``(B,)``) as
+        the noise estimate ``eps``; identity for "eps" models."""
+        if self.prediction == "eps":
+            return out
+        t = torch.as_tensor(t, dtype=torch.long).reshape(-1)
+        a = self.alpha_bar(t, x_t)
+        return a.sqrt() * out.float() + (1 - a).sqrt() * x_t.float()
 
     def ddim_timesteps(self, num_steps: int) -> Tensor:
         """``num_steps`` int timesteps evenly spaced over ``[0, T)``, ascending, from 0 to ``T - 1``."""
@@ -128,7 +165,7 @@ class NoiseSchedule:
 
     def ddim_sample(self, model: EpsModel, x_T: Tensor, cond: Tensor | None, steps: int = 50,
                     eta: float = 0.0, guidance: float = 1.0, generator: torch.Generator | None = None,
-                    progress: bool = False, clip: bool = True) -> Tensor:
+                    progress: bool = False, clip: bool = True, reference: Tensor | None = None) -> Tensor:
         """DDIM decoding ``x_T`` ``(B, C, H, W)`` -> ``x_0`` ``(B, C, H, W)`` in ``steps`` model calls.
 
         Visits the timesteps of :meth:`NoiseSchedule.ddim_timesteps` from ``T - 1`` down to 0, then to
@@ -137,7 +174,8 @@ class NoiseSchedule:
         predicted clean image in [-1, 1] (and the noise consistent with it): at high noise levels
         ``x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` multiplies the network's error by
         ``1 / sqrt(a_t)`` (~150 at the end of the chain), and unclipped estimates far outside the
-        data range drive the trajectory off the data manifold.
+        data range drive the trajectory off the data manifold. ``reference`` ``(B, D)`` (the factual
+        latents of a counterfactual) makes guidance run against it (see :func:`guided_eps`).
         """
         if eta < 0:
             raise ConfigError(f"DDIM: eta must be >= 0, got {eta}")
@@ -147,7 +185,7 @@ class NoiseSchedule:
             for i in wrap(range(len(ts) - 1, -1, -1)):
                 a_t = self.alpha_bar(ts[i], x)
                 a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(a_t)
-                x0, eps = self._predict(model, x, ts[i], a_t, cond, guidance, clip)
+                x0, eps = self._predict(model, x, ts[i], a_t, cond, guidance, clip, reference)
                 if eta > 0 and i > 0:
                     sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
                     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -181,7 +219,7 @@ class NoiseSchedule:
                 s = ts[i - 1] if i > 0 else 0  # the clean image is evaluated at t = 0
                 a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(x[:, :1, :1, :1])
                 a_t = self.alpha_bar(ts[i], x)
-                eps = guided_eps(model, x, s, cond, 1.0).float()
+                eps = self.to_eps(guided_eps(model, x, s, cond, 1.0), x, s).float()
                 x_hat = (x - (1 - a_s).sqrt() * eps) / a_s.sqrt()
                 x_hat, eps = self._clip(x, x_hat, eps, a_s, clip)
                 x_s, x = x, a_t.sqrt() * x_hat + (1 - a_t).sqrt() * eps
@@ -191,25 +229,41 @@ class NoiseSchedule:
         return x.clone()
 
     def _predict(self, model: EpsModel, x: Tensor, t: int, a_t: Tensor, cond: Tensor | None, guidance: float,
-                 clip: bool) -> tuple[Tensor, Tensor]:
+                 clip: bool, reference: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The (clipped) clean-image estimate and its noise at ``x_t``: ``(x0_hat, eps)``, each like ``x``."""
-        eps = guided_eps(model, x, t, cond, guidance).float()
+        eps = self.to_eps(guided_eps(model, x, t, cond, guidance, reference), x, t).float()
         return self._clip(x, (x - (1 - a_t).sqrt() * eps) / a_t.sqrt(), eps, a_t, clip)
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(kind={self.kind!r}, num_timesteps={self.num_timesteps})"
 
 
-def guided_eps(model: EpsModel, x_t: Tensor, t: Tensor | int, cond: Tensor | None, guidance: float = 1.0) -> Tensor:
+def guided_eps(model: EpsModel, x_t: Tensor, t: Tensor | int, cond: Tensor | None, guidance: float = 1.0,
+               reference: Tensor | None = None) -> Tensor:
     """Classifier-free guidance ``eps~ = eps(x, t, null) + w * (eps(x, t, z) - eps(x, t, null))``.
 
     ``x_t`` ``(B, C, H, W)``, ``t`` scalar or ``(B,)``, ``cond`` ``(B, D)`` or ``None`` -> ``(B, C, H, W)``.
     ``w = 1`` runs only the conditional pass, ``w = 0`` (or ``cond=None``) only the null pass; other
     weights run both in one forward of batch ``2B``.
+
+    With ``reference`` ``(B, D)`` (a counterfactual's factual latents ``z``), guidance runs against
+    it instead of the null condition: ``eps~ = eps(x, t, z') + (w - 1) (eps(x, t, z') - eps(x, t, z))``,
+    which strengthens only the *change* ``z -> z'``; where ``z' == z`` (a null query) it is the
+    conditional model at every ``w``. (For a v-model the same formula applies to its output, which
+    is affine in eps at fixed ``x_t``.)
     """
     b = x_t.shape[0]
     t = torch.as_tensor(t, device=x_t.device)
     t = t.expand(b) if t.ndim == 0 else t
+    if reference is not None and cond is not None:
+        if guidance == 1:
+            return model(x_t, t, cond, None)
+        if reference.shape != cond.shape:
+            raise DataError(f"guidance reference has shape {tuple(reference.shape)}, the condition {tuple(cond.shape)}")
+        eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, reference.to(cond)]), None)
+        e_cf, e_ref = eps[:b], eps[b:]
+        same = (cond == reference.to(cond)).all(dim=-1).reshape(-1, *([1] * (x_t.ndim - 1)))
+        return torch.where(same, e_cf, e_cf + (guidance - 1) * (e_cf - e_ref))
     if cond is None or guidance == 0:
         return model(x_t, t, None, None)
     if guidance == 1:

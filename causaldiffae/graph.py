@@ -37,7 +37,9 @@ __all__ = [
 #: Latent block size of nodes whose ``dim`` is not declared and whose graph sets no ``default_dim``.
 DEFAULT_DIM = 4
 #: Attributes a node may declare (``range`` is turned into ``loc``/``scale`` on reading).
-NODE_ATTRIBUTES = ("dim", "loc", "scale", "range", "description", "column")
+NODE_ATTRIBUTES = ("dim", "loc", "scale", "range", "description", "column", "type", "classes")
+#: Node types: a real-valued factor, or one of a finite set of classes.
+NODE_TYPES = ("continuous", "categorical")
 #: Graph-level attributes.
 GRAPH_ATTRIBUTES = ("name", "default_dim")
 SUFFIXES = {".dot": "dot", ".gv": "dot", ".gml": "gml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
@@ -54,6 +56,11 @@ class NodeSpec:
     ``dim=None`` takes the graph's ``default_dim``. ``loc``/``scale`` define the label normalisation
     ``y~ = (y - loc) / scale``; ``None`` means "estimate from data" (:meth:`CausalGraph.with_label_stats`).
     ``column`` is the label-table column (``None``: the node name).
+
+    ``type="categorical"`` declares a factor with a finite set of ``classes`` (the label values it
+    takes, numbers, at least two): its latent block holds one logit per class (``dim`` defaults to
+    ``len(classes)`` and must equal it), its labels need no ``loc``/``scale`` and normalise to the
+    class index ``0..K-1``.
     """
 
     name: str
@@ -62,10 +69,16 @@ class NodeSpec:
     scale: float | None = None
     description: str = ""
     column: str | None = None
+    type: str = "continuous"
+    classes: tuple[float, ...] | None = None
 
     @property
     def label_column(self) -> str:
         return self.column if self.column is not None else self.name
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.type == "categorical"
 
     def attributes(self) -> dict[str, Any]:
         """The declared (non-default) attributes, JSON-safe, without the name."""
@@ -74,6 +87,9 @@ class NodeSpec:
             value = getattr(self, key)
             if value is not None and value != "":
                 out[key] = value
+        if self.is_categorical:
+            out["type"] = self.type
+            out["classes"] = [int(c) if float(c).is_integer() else float(c) for c in self.classes or ()]
         return out
 
 
@@ -121,6 +137,40 @@ def _to_range(value: Any, node: str, source: str | None) -> tuple[float, float]:
     return lo, hi
 
 
+def _to_classes(value: Any, node: str, source: str | None) -> tuple[float, ...]:
+    items = value
+    if isinstance(value, str):
+        items = [v for v in re.split(r"[,\s]+", value.strip().strip('"').strip("[]()")) if v]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    if not isinstance(items, (list, tuple)):
+        raise GraphError(f"{_where(node, source)}: attribute classes={value!r} is not a list of numbers")
+    out = tuple(_to_float(v, "classes", node, source) for v in items)
+    if len(out) < 2:
+        raise GraphError(f"{_where(node, source)}: a categorical node needs at least 2 classes, got classes={value!r}")
+    if len(set(out)) != len(out):
+        raise GraphError(f"{_where(node, source)}: classes={value!r} repeats a class")
+    return out
+
+
+def validate_node_type(spec: NodeSpec, source: str | None = None) -> None:
+    """Raise GraphError unless a node's ``type``, ``classes``, ``dim`` and normalisation agree."""
+    where = _where(spec.name, source)
+    if spec.type not in NODE_TYPES:
+        raise GraphError(f"{where}: type={spec.type!r} is not one of {', '.join(NODE_TYPES)}")
+    if not spec.is_categorical:
+        if spec.classes is not None:
+            raise GraphError(f"{where}: classes are only allowed with type=categorical")
+        return
+    if not spec.classes or len(spec.classes) < 2:
+        raise GraphError(f"{where}: type=categorical needs classes (at least 2 label values), e.g. classes=\"0, 1, 2\"")
+    if spec.loc is not None or spec.scale is not None:
+        raise GraphError(f"{where}: a categorical node takes no loc/scale/range (its labels map to class indices)")
+    if spec.dim is not None and spec.dim != len(spec.classes):
+        raise GraphError(f"{where}: dim={spec.dim} must equal the number of classes ({len(spec.classes)}) "
+                         "for a categorical node (one logit per class)")
+
+
 def make_spec(name: Any, attrs: Mapping[str, Any], source: str | None = None) -> NodeSpec:
     """Validate raw attributes (strings from DOT, numbers from YAML...) into a :class:`NodeSpec`."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.lower() in _DOT_KEYWORDS:
@@ -158,7 +208,17 @@ def make_spec(name: Any, attrs: Mapping[str, Any], source: str | None = None) ->
             if key == "column" and not value:
                 raise GraphError(f"{_where(name, source)}: column must not be empty")
             kw[key] = value
-    return NodeSpec(name=name, **kw)
+    if attrs.get("type") is not None:
+        kind = attrs["type"]
+        kind = _unquote(kind.strip()) if isinstance(kind, str) else kind
+        if kind not in NODE_TYPES:
+            raise GraphError(f"{_where(name, source)}: type={attrs['type']!r} is not one of {', '.join(NODE_TYPES)}")
+        kw["type"] = kind
+    if attrs.get("classes") is not None:
+        kw["classes"] = _to_classes(attrs["classes"], name, source)
+    spec = NodeSpec(name=name, **kw)
+    validate_node_type(spec, source)
+    return spec
 
 
 def _unquote(value: str) -> str:
@@ -191,6 +251,7 @@ class CausalGraph:
         for spec in specs:
             if spec.name in declared:
                 raise GraphError(f"duplicated node '{spec.name}'{where}")
+            validate_node_type(spec, source)
             declared[spec.name] = spec
         g = nx.DiGraph()
         g.add_nodes_from(declared)
@@ -385,7 +446,60 @@ class CausalGraph:
 
     @property
     def dims(self) -> list[int]:
-        return [self._specs[n].dim or self.default_dim for n in self._nodes]
+        """Block size of each node: its ``dim``, else ``len(classes)`` (categorical), else ``default_dim``."""
+        return [s.dim or (len(s.classes) if s.is_categorical else self.default_dim)
+                for s in (self._specs[n] for n in self._nodes)]
+
+    @property
+    def categorical_nodes(self) -> list[str]:
+        """Nodes declared ``type=categorical``, in node order."""
+        return [n for n in self._nodes if self._specs[n].is_categorical]
+
+    def is_categorical(self, name: str) -> bool:
+        return self._specs[self._check(name)].is_categorical
+
+    def classes(self, name: str) -> tuple[float, ...]:
+        """The label values of a categorical node (GraphError for a continuous one)."""
+        s = self._specs[self._check(name)]
+        if not s.is_categorical:
+            raise GraphError(f"node '{name}' is continuous; it has no classes")
+        return tuple(s.classes)
+
+    def class_index(self, name: str, values: Any) -> Any:
+        """Label value(s) of a categorical node -> class indices ``0..K-1`` (same type: numpy array or
+        torch tensor, float; NaN stays NaN). A value that is not one of the classes raises DataError."""
+        classes = self.classes(name)
+        is_torch = not isinstance(values, (np.ndarray, float, int, np.floating, np.integer))
+        arr = np.asarray(values.detach().cpu().numpy() if is_torch else values, dtype=np.float64)
+        out = np.full(arr.shape, np.nan)
+        known = np.zeros(arr.shape, dtype=bool)
+        for k, c in enumerate(classes):
+            hit = np.abs(arr - c) <= 1e-6 * max(1.0, abs(c))
+            out[hit], known = k, known | hit
+        bad = ~known & ~np.isnan(arr)
+        if bad.any():
+            raise DataError(f"node '{name}': value {float(arr[bad].flat[0])!r} is not one of its classes "
+                            f"{', '.join(f'{c:g}' for c in classes)}")
+        if is_torch:
+            import torch
+
+            return torch.as_tensor(out, dtype=values.dtype if values.is_floating_point() else torch.float32,
+                                   device=values.device)
+        return out if out.ndim else float(out)
+
+    def class_value(self, name: str, index: Any) -> Any:
+        """Class indices (rounded, clamped to ``0..K-1``; NaN stays NaN) -> label values, same type."""
+        classes = self.classes(name)
+        is_torch = not isinstance(index, (np.ndarray, float, int, np.floating, np.integer))
+        arr = np.asarray(index.detach().cpu().numpy() if is_torch else index, dtype=np.float64)
+        idx = np.clip(np.nan_to_num(np.round(arr), nan=0.0), 0, len(classes) - 1).astype(np.int64)
+        out = np.where(np.isnan(arr), np.nan, np.asarray(classes, dtype=np.float64)[idx])
+        if is_torch:
+            import torch
+
+            return torch.as_tensor(out, dtype=index.dtype if index.is_floating_point() else torch.float32,
+                                   device=index.device)
+        return out if out.ndim else float(out)
 
     @property
     def latent_dim(self) -> int:
@@ -437,7 +551,7 @@ class CausalGraph:
     # ---- labels
     def has_normalisation(self, name: str) -> bool:
         s = self._specs[self._check(name)]
-        return s.loc is not None and s.scale is not None
+        return s.is_categorical or (s.loc is not None and s.scale is not None)
 
     def _loc_scale(self) -> tuple[np.ndarray, np.ndarray]:
         missing = [n for n in self._nodes if not self.has_normalisation(n)]
@@ -446,20 +560,27 @@ class CausalGraph:
                 f"node(s) {', '.join(missing)} have no label normalisation: declare loc/scale or range in "
                 "the graph file, or estimate them with CausalGraph.with_label_stats(...)"
             )
-        return (np.array([self._specs[n].loc for n in self._nodes], dtype=np.float64),
-                np.array([self._specs[n].scale for n in self._nodes], dtype=np.float64))
+        specs = [self._specs[n] for n in self._nodes]  # categorical nodes: identity here, classes below
+        return (np.array([0.0 if s.is_categorical else s.loc for s in specs], dtype=np.float64),
+                np.array([1.0 if s.is_categorical else s.scale for s in specs], dtype=np.float64))
 
     def _affine(self, x: Any, inverse: bool) -> Any:
         loc, scale = self._loc_scale()
         if x.shape[-1] != self.n_nodes:
             raise DataError(f"labels have {x.shape[-1]} columns, the graph has {self.n_nodes} nodes ({', '.join(self._nodes)})")
         if isinstance(x, np.ndarray):
-            return x * scale + loc if inverse else (x - loc) / scale
-        import torch
+            out = x * scale + loc if inverse else (x - loc) / scale
+        else:
+            import torch
 
-        loc_t = torch.as_tensor(loc, dtype=x.dtype, device=x.device)
-        scale_t = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-        return x * scale_t + loc_t if inverse else (x - loc_t) / scale_t
+            loc_t = torch.as_tensor(loc, dtype=x.dtype, device=x.device)
+            scale_t = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+            out = x * scale_t + loc_t if inverse else (x - loc_t) / scale_t
+        for n in self.categorical_nodes:  # label value <-> class index
+            j = self._index[n]
+            col = x[..., j]
+            out[..., j] = self.class_value(n, col) if inverse else self.class_index(n, col)
+        return out
 
     def normalise(self, labels: Any) -> Any:
         """``(B, n_nodes)`` label units -> normalised ``(y - loc) / scale`` (same type; NaN stays NaN)."""
@@ -470,16 +591,21 @@ class CausalGraph:
         return self._affine(values, inverse=True)
 
     def normalise_value(self, name: str, v: Any) -> Any:
-        """Normalise label-unit value(s) ``v`` (number, array or tensor) of one node."""
+        """Normalise label-unit value(s) ``v`` (number, array or tensor) of one node (a categorical
+        node: the class index)."""
         if not self.has_normalisation(name):
             self._loc_scale()
         s = self._specs[name]
+        if s.is_categorical:
+            return self.class_index(name, v)
         return (v - s.loc) / s.scale
 
     def denormalise_value(self, name: str, v: Any) -> Any:
         if not self.has_normalisation(name):
             self._loc_scale()
         s = self._specs[name]
+        if s.is_categorical:
+            return self.class_value(name, v)
         return v * s.scale + s.loc
 
     def with_label_stats(self, loc: Any, scale: Sequence[float] | None = None) -> "CausalGraph":
@@ -516,6 +642,19 @@ class CausalGraph:
             arr = np.asarray(table.detach().cpu() if hasattr(table, "detach") else table, dtype=np.float64)
         with np.errstate(all="ignore"):
             return np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
+
+    def to_dowhy_frame(self, frame: Any) -> Any:
+        """A label DataFrame (columns named by node) as DoWhy wants it: categorical nodes' columns as
+        strings (DoWhy's representation of categorical data, e.g. ``"3"``), the others float.
+        A categorical value outside the node's classes raises DataError; NaN stays missing."""
+        out = frame.copy()
+        for n in self.categorical_nodes:
+            if n in out.columns:
+                idx = self.class_index(n, out[n].to_numpy(dtype=np.float64))
+                vals = self.class_value(n, idx)
+                out[n] = [None if np.isnan(v) else f"{v:g}" for v in vals]
+                out[n] = out[n].astype(object)
+        return out
 
     # ---- misc
     def __eq__(self, other: object) -> bool:
@@ -821,6 +960,7 @@ def check(
     from dowhy.gcm.independence_test import kernel_based
 
     kernel = partial(kernel_based, bootstrap_n_jobs=1)
+    frame = graph.to_dowhy_frame(frame)  # categorical nodes as strings: DoWhy one-hot encodes them
     kw = {"independence_test": independence_test or kernel,
           "conditional_independence_test": conditional_independence_test or kernel}
     nxg = nx.DiGraph()

@@ -38,10 +38,16 @@ from causaldiffae.checkpoint import load_checkpoint
 from causaldiffae.diffusion import NoiseSchedule
 from causaldiffae.errors import CheckpointError, ConfigError, DataError
 from causaldiffae.graph import CausalGraph
-from causaldiffae.networks import EncoderConfig, SemanticEncoder, UNet, UNetConfig
+from causaldiffae.networks import LEGACY_UNET_FIELDS, EncoderConfig, SemanticEncoder, UNet, UNetConfig
 from causaldiffae.scm import LatentSCM
 
 VARIANTS = ("causal", "diffae")
+PREDICTIONS = ("eps", "v")
+DECODER_LATENTS = ("sample", "mean")
+GUIDANCE_REFERENCES = ("null", "factual")
+#: The values of fields added after the first shipped models, for configs saved without them.
+LEGACY_MODEL_FIELDS: dict[str, Any] = {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample",
+                                       "guidance": "null"}
 
 
 @dataclass
@@ -60,6 +66,20 @@ class ModelConfig:
         label_weight: lambda, weight of the label term at the end of the warm-up.
         p_uncond: probability that a training example is decoded from the null condition (for guidance).
         null_cond: "learned" or "zero" null condition.
+        mechanism_weight: weight of the mechanism-fitting term (labelled rows: each non-root node's
+            label explained by ``f_i(z_pa)`` alone, see :meth:`LatentSCM.mechanism_loss`); 0 = off.
+        prediction: what the UNet predicts, "eps" (the noise) or "v" (``sqrt(a) eps - sqrt(1-a) x0``,
+            whose loss weights the clean-image error by ``1 + SNR`` instead of ``SNR`` and so does
+            not starve the high-noise steps where the scene's layout is decided).
+        decoder_latent: the latent the decoder is trained on, "sample" (``SCM(u)`` with ``u`` drawn
+            from the guide) or "mean" (``SCM(mu)``, the posterior mean: what queries use).
+        guidance: default classifier-free guidance reference at query time: "null" (``eps(null) +
+            w (eps(z') - eps(null))``) or "factual" (``eps(z') + (w - 1)(eps(z') - eps(z))``: a null
+            query is the identity at every w).
+
+    A field missing from a *saved* config (a checkpoint written before it existed) takes its value
+    in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
+    :meth:`from_dict`; a new config takes the defaults below.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -73,6 +93,10 @@ class ModelConfig:
     label_weight: float = 1.0
     p_uncond: float = 0.1
     null_cond: str = "learned"
+    mechanism_weight: float = 1.0
+    prediction: str = "v"
+    decoder_latent: str = "mean"
+    guidance: str = "factual"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -84,9 +108,12 @@ class ModelConfig:
             raise ConfigError(f"model variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ConfigError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
-        for name in ("kl_weight", "label_weight"):
+        for name in ("kl_weight", "label_weight", "mechanism_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"model {name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def sync_encoder(self) -> None:
         """The encoder reads the same images as the decoder: copy the UNet's size and channels."""
@@ -97,11 +124,20 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: Mapping[str, Any], saved: bool = False) -> "ModelConfig":
+        """Build from a mapping. ``saved=True`` reads a checkpoint's config: fields it lacks take
+        their legacy values (:data:`LEGACY_MODEL_FIELDS`, :data:`~causaldiffae.networks.LEGACY_UNET_FIELDS`),
+        so a model trained before a field existed is rebuilt exactly as it was trained."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if saved:
+            d = {**LEGACY_MODEL_FIELDS, **d}
+            unet = d.get("unet")
+            if isinstance(unet, Mapping):
+                d["unet"] = {**LEGACY_UNET_FIELDS, **unet}
         return cls(**d)
 
     @classmethod
@@ -130,7 +166,7 @@ class CausalDiffAE(nn.Module):
         self.scm = LatentSCM(scm_graph, mechanism=config.mechanism, hidden=config.mechanism_hidden)
         self.encoder = SemanticEncoder(config.encoder, graph.latent_dim)
         self.unet = UNet(config.unet, cond_dim=graph.latent_dim, null_cond=config.null_cond)
-        self.schedule = NoiseSchedule(kind=config.schedule, num_timesteps=config.timesteps)
+        self.schedule = NoiseSchedule(kind=config.schedule, num_timesteps=config.timesteps, prediction=config.prediction)
         self.inference_mode = "auto"
         self._fast: Any = None
 
@@ -192,17 +228,21 @@ class CausalDiffAE(nn.Module):
         cond_mask: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        decoder_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The generative model; returns z ``(B, D)``.
 
         ``cond_mask`` (B,) bool, False = decode that example from the null condition; ``t`` (B,) and
         ``noise`` (B, C, H, W) fix the diffusion draws of the image term (random when None).
+        ``decoder_cond`` ``(B, D)``, if given, conditions the image term instead of the sampled z
+        (``decoder_latent="mean"``: the posterior mean's latents).
         The parameters are plain ``nn.Module`` parameters (no ``pyro.module`` call): training
         uses a torch optimiser on the loss read off the traces (see :meth:`loss_terms`).
         """
         with pyro.plate("data", images.shape[0]):
             z = self.scm.sample_latents(labels=labels)
-            loss = self.schedule.training_loss(self.unet, images, z, cond_mask=cond_mask, t=t, noise=noise)
+            cond = z if decoder_cond is None else decoder_cond
+            loss = self.schedule.training_loss(self.unet, images, cond, cond_mask=cond_mask, t=t, noise=noise)
             pyro.factor("x", -loss)
         return z
 
@@ -229,7 +269,8 @@ class CausalDiffAE(nn.Module):
         """The training objective and its parts, each a scalar (batch mean).
 
         Returns a dict with ``loss`` (to minimise), ``diffusion`` (L_simple), ``kl`` (sum over
-        latent dimensions), ``label`` (0.5 * squared error over labelled blocks), ``labelled``
+        latent dimensions), ``label`` (0.5 * squared error over labelled blocks; cross-entropy for
+        categorical nodes), ``mechanism`` (the mechanism-fitting term), ``labelled``
         (the fraction of labels present) and the weights in force. ``t``, ``noise`` and
         ``cond_mask`` fix the random draws (see :func:`causaldiffae.training.step_noise`); when
         ``cond_mask`` is None, each example uses the null condition with probability ``p_uncond``
@@ -240,8 +281,14 @@ class CausalDiffAE(nn.Module):
         self.check_labels(labels, B)
         if cond_mask is None and self.training and self.config.p_uncond > 0:
             cond_mask = torch.rand(B, device=images.device) >= self.config.p_uncond
+        cfg = self.config
         guide_tr = poutine.trace(self.guide).get_trace(images)
-        model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(images, labels, cond_mask, t, noise)
+        decoder_cond = None
+        if cfg.decoder_latent == "mean":  # the decoder learns from the latents queries will give it
+            mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
+            decoder_cond = self.scm.mechanisms(mu)
+        model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(
+            images, labels, cond_mask, t, noise, decoder_cond)
 
         kl = images.new_zeros(B)
         label = images.new_zeros(B)
@@ -255,17 +302,24 @@ class CausalDiffAE(nn.Module):
                 fn, mask = site["fn"], site["mask"]
                 if isinstance(fn, MaskedDistribution):  # missing labels: the mask lives in the distribution
                     fn, mask = fn.base_dist, fn._mask if mask is None else mask & fn._mask
-                d = site["value"].shape[-1]
-                nll = -fn.log_prob(site["value"]) - 0.5 * d * math.log(2 * math.pi)  # = 0.5 ||y~ - z||^2
+                if isinstance(fn, dist.Categorical):  # a categorical node: cross-entropy of its class
+                    nll = -fn.log_prob(site["value"])
+                else:
+                    d = site["value"].shape[-1]
+                    nll = -fn.log_prob(site["value"]) - 0.5 * d * math.log(2 * math.pi)  # = 0.5 ||y~ - z||^2
                 label = label + (nll * mask if isinstance(mask, torch.Tensor) else nll)
-        cfg = self.config
-        loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label)
+        mechanism = images.new_zeros(B)
+        if cfg.mechanism_weight > 0 and labels is not None and cfg.variant == "causal":
+            z = torch.cat([model_tr.nodes[f"z_{n}"]["value"] for n in self.graph.nodes], dim=-1)
+            mechanism = self.scm.mechanism_loss(z, labels)
+        loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism)
         present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
         return {
             "loss": loss.mean(),
             "diffusion": diffusion.mean(),
             "kl": kl.mean(),
             "label": label.mean(),
+            "mechanism": mechanism.mean(),
             "labelled": present,
             "gamma": torch.tensor(gamma),
         }
@@ -279,9 +333,9 @@ class CausalDiffAE(nn.Module):
         return mu, self.scm.mechanisms(mu)
 
     def predict_labels(self, z: torch.Tensor) -> torch.Tensor:
-        """Read labels off latents: the mean of each block, denormalised. ``(B, D) -> (B, n_nodes)``."""
-        means = torch.stack([z[:, self.graph.block(n)].mean(dim=-1) for n in self.graph.nodes], dim=-1)
-        return self.graph.denormalise(means)
+        """Read labels off latents: the mean of each block (a categorical node: the class of its
+        largest logit), denormalised. ``(B, D) -> (B, n_nodes)``."""
+        return self.graph.denormalise(self.scm.label_values(z))
 
     def ema_copy(self) -> "CausalDiffAE":
         """A frozen deep copy (used for EMA weights)."""
@@ -337,10 +391,13 @@ class CausalDiffAE(nn.Module):
 
         return cf.reconstruct(self, images, steps=steps, **kw)
 
-    def decode(self, x_T: torch.Tensor, z: torch.Tensor, strength: float = 1.0, steps: int = 20) -> torch.Tensor:
-        """DDIM-decode ``x_T`` ``(B, C, H, W)`` under latents ``z`` ``(B, D)``."""
+    def decode(self, x_T: torch.Tensor, z: torch.Tensor, strength: float = 1.0, steps: int = 20,
+               reference: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM-decode ``x_T`` ``(B, C, H, W)`` under latents ``z`` ``(B, D)``; ``reference`` ``(B, D)``
+        (the factual latents) makes guidance run against it instead of the null condition."""
         with torch.no_grad():
-            return self.schedule.ddim_sample(self.denoiser(), x_T, z, steps=steps, guidance=strength).clamp(-1, 1)
+            return self.schedule.ddim_sample(self.denoiser(), x_T, z, steps=steps, guidance=strength,
+                                             reference=reference).clamp(-1, 1)
 
     def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int = 20) -> torch.Tensor:
         """See :func:`causaldiffae.counterfactual.interpolate`."""
@@ -391,7 +448,7 @@ def load_model(
     tensors, meta = load_checkpoint(path)
     try:
         saved_graph = CausalGraph.from_dict(meta["graph"])
-        model_config = ModelConfig.from_dict(meta["config"]["model"])  # the train section is not needed to load
+        model_config = ModelConfig.from_dict(meta["config"]["model"], saved=True)  # the train section is not needed to load
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {e}") from e
     if graph is not None:

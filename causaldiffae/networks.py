@@ -28,6 +28,7 @@ from causaldiffae.errors import ConfigError, DataError
 
 __all__ = [
     "UNetConfig",
+    "LEGACY_UNET_FIELDS",
     "UNet",
     "EncoderConfig",
     "SemanticEncoder",
@@ -38,6 +39,10 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------- configs
+#: UNetConfig fields added after the first shipped models, with the values those models used.
+LEGACY_UNET_FIELDS = {"cond_shift": False, "cond_hidden": 0}
+
+
 @dataclass
 class UNetConfig:
     """Size of the UNet noise predictor. Defaults are sized for 2 CPU cores at 32x32.
@@ -45,6 +50,12 @@ class UNetConfig:
     ``attention_resolutions`` lists the feature-map sizes (e.g. ``(8,)``) where self-attention is
     applied; ``channel_mult[i] * base_channels`` is the width at level ``i`` (resolution
     ``image_size / 2**i``). ``time_dim`` 0 means ``4 * base_channels``.
+
+    ``cond_shift``: the condition gives each residual block a scale *and* a shift,
+    ``h = (GN(h) (1 + t_s) + t_b) (1 + z_s) + z_b``, instead of the scale alone (Diff-AE's form).
+    ``cond_hidden > 0``: ``z`` first goes through a small MLP (``Linear -> SiLU -> Linear``, that
+    width) shared by all blocks. Both are off in :data:`LEGACY_UNET_FIELDS`, the values of
+    checkpoints saved before they existed.
     """
 
     image_size: int = 32
@@ -57,8 +68,13 @@ class UNetConfig:
     dropout: float = 0.0
     num_groups: int = 8
     time_dim: int = 0
+    cond_shift: bool = True
+    cond_hidden: int = 64
 
     def __post_init__(self) -> None:
+        if self.cond_hidden < 0:
+            raise ConfigError(f"UNetConfig.cond_hidden must be >= 0, got {self.cond_hidden}")
+        self.cond_shift = bool(self.cond_shift)
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -91,7 +107,7 @@ class UNetConfig:
         """The reference scale: 128 base channels, 3 residual blocks per level (method.md §6)."""
         mult = (1, 2, 2, 2) if image_size <= 64 else (1, 1, 2, 2, 4, 4)
         attn = (16,) if image_size <= 64 else (16, 8)
-        return cls(image_size, in_channels, 128, mult, 3, attn, 4, 0.1, 32, 512)
+        return cls(image_size, in_channels, 128, mult, 3, attn, 4, 0.1, 32, 512, cond_shift=True, cond_hidden=256)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,12 +191,14 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """Residual block with Diff-AE adaptive group norm. ``(B, Cin, H, W) -> (B, Cout, H, W)``."""
 
-    def __init__(self, cin: int, cout: int, time_dim: int, cond_dim: int, groups: int, dropout: float) -> None:
+    def __init__(self, cin: int, cout: int, time_dim: int, cond_dim: int, groups: int, dropout: float,
+                 cond_shift: bool = False) -> None:
         super().__init__()
+        self.cond_shift = cond_shift
         self.norm1 = nn.GroupNorm(groups, cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.time = nn.Linear(time_dim, 2 * cout)  # -> (t_s, t_b)
-        self.cond = nn.Linear(cond_dim, cout)  # -> z_s
+        self.cond = nn.Linear(cond_dim, (2 if cond_shift else 1) * cout)  # -> z_s (, z_b)
         self.norm2 = nn.GroupNorm(groups, cout)
         self.drop = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
@@ -190,12 +208,17 @@ class ResBlock(nn.Module):
         """x ``(B, Cin, H, W)``, temb ``(B, time_dim)`` (already SiLU'd), z ``(B, cond_dim)``."""
         h = self.conv1(F.silu(self.norm1(x)))
         t_s, t_b = self.time(temb).chunk(2, dim=1)  # (B, Cout) each
-        z_s = self.cond(z)  # (B, Cout)
-        # AdaGN, (GN(h) * (1 + t_s) + t_b) * (1 + z_s), with GN's own affine folded in: the
+        if self.cond_shift:
+            z_s, z_b = self.cond(z).chunk(2, dim=1)  # (B, Cout) each
+        else:
+            z_s, z_b = self.cond(z), None  # (B, Cout)
+        # AdaGN, (GN(h) * (1 + t_s) + t_b) * (1 + z_s) [+ z_b], with GN's own affine folded in: the
         # per-(B, C) scale and shift are computed on small tensors and applied to the activation
         # in one pass (about 1.3x faster on a CPU than three elementwise passes).
         scale = (1 + z_s) * (1 + t_s)
         shift = (1 + z_s) * t_b
+        if z_b is not None:
+            shift = shift + z_b
         if self.norm2.affine:
             shift = shift + scale * self.norm2.bias
             scale = scale * self.norm2.weight
@@ -278,9 +301,13 @@ class UNet(nn.Module):
 
         self.time_mlp = nn.Sequential(nn.Linear(c, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
         self.conv_in = nn.Conv2d(config.in_channels, c, 3, padding=1)
+        hid = int(config.cond_hidden)
+        # z -> a shared embedding read by every block (absent in legacy models: z is read directly)
+        self.cond_mlp = nn.Sequential(nn.Linear(self.cond_dim, hid), nn.SiLU(), nn.Linear(hid, hid)) if hid else None
+        block_cond = hid or self.cond_dim
 
         def block(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, tdim, self.cond_dim, g, dp)
+            return ResBlock(cin, cout, tdim, block_cond, g, dp, cond_shift=config.cond_shift)
 
         self.down = nn.ModuleList()  # entries: (res, attn|Identity) or Downsample
         skips, ch, res = [c], c, config.image_size
@@ -341,6 +368,8 @@ class UNet(nn.Module):
     def core(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
         """Unchecked forward: ``x`` ``(B, C, H, W)``, ``t`` float ``(B,)``, ``z`` ``(B, D)`` -> ``(B, C, H, W)``."""
         temb = F.silu(self.time_mlp(timestep_embedding(t, self.config.base_channels)))
+        if self.cond_mlp is not None:
+            z = self.cond_mlp(z)
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:

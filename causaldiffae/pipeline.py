@@ -98,7 +98,7 @@ def prepare_training(
         overrides["train.steps"] = UNBOUNDED_STEPS
     if resume:
         _, meta = load_checkpoint(resume)
-        config = RunConfig.from_dict(meta["config"])
+        config = RunConfig.from_dict(meta["config"], saved=True)
         if config_path:
             raise ConfigError(f"--config {config_path} cannot change the run {resume}: a resumed run keeps its own config")
         for key, flag in RUN_FIXED.items():

@@ -5,6 +5,7 @@ For every node ``i`` (in the graph's topological order) with latent block size `
     u_i ~ N(0, I_{d_i})                         sample site  "u_<name>"
     z_i = f_i(z_pa(i)) + u_i                    deterministic site "z_<name>"
     y~_i * 1 ~ N(z_i, I_{d_i})                  observed site "y_<name>", masked where the label is missing
+    k_i ~ Categorical(logits=z_i)               (a categorical node: its class index k_i instead)
 
 ``f_i`` reads the concatenated parent *z* blocks (never their ``u``); for a root it is a learned bias
 (initialised to zero). Because the noise is additive, abduction is exact: ``u_i = z_i - f_i(z_pa(i))``.
@@ -132,8 +133,8 @@ class LatentSCM(PyroModule):
         """
         g, B = self.graph, factual.shape[0]
         if callable(value):
-            current = g.denormalise_value(name, factual.mean(dim=-1))
-            value = value(current)
+            read = factual.argmax(dim=-1).to(factual.dtype) if g.is_categorical(name) else factual.mean(dim=-1)
+            value = value(g.denormalise_value(name, read))
         try:
             v = torch.as_tensor(value, dtype=factual.dtype, device=factual.device)
         except (TypeError, ValueError, RuntimeError):
@@ -145,8 +146,73 @@ class LatentSCM(PyroModule):
                 f"do({name}): value of shape {tuple(v.shape)} is neither a scalar nor per-example ({B},)")
         if not torch.isfinite(v).all():
             raise InterventionError(f"do({name}): value {value!r} is not finite")
+        if g.is_categorical(name):
+            return self._class_block(name, v, factual)
         v = g.normalise_value(name, v)
         return v.reshape(-1, 1).expand(B, factual.shape[1]).clone()
+
+    def _class_block(self, name: str, value: torch.Tensor, factual: torch.Tensor) -> torch.Tensor:
+        """``do(name = class)`` on a categorical block of logits ``(B, K)``: the factual block with the
+        logits of its current class (argmax) and of the requested class swapped, so the set class is
+        the argmax while the block keeps the factual's magnitudes (a class representation the
+        decoder has seen). Unknown classes raise InterventionError."""
+        from causaldiffae.errors import DataError
+
+        g, B = self.graph, factual.shape[0]
+        try:
+            k = g.class_index(name, value)
+        except DataError as err:
+            raise InterventionError(f"do({name} = {value.tolist() if value.ndim else float(value)!r}): {err}") from None
+        k = k.reshape(-1).long().expand(B) if k.numel() == 1 else k.long()
+        cur = factual.argmax(dim=-1)
+        out = factual.clone()
+        rows = torch.arange(B, device=factual.device)
+        top, wanted = factual[rows, cur], factual[rows, k]
+        out[rows, cur] = wanted
+        out[rows, k] = top
+        return out
+
+    def label_values(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised label values read off latents ``(B, D) -> (B, n_nodes)``: a continuous node's
+        block mean, a categorical node's class index (argmax of its logits) as a float."""
+        g = self.graph
+        cols = [z[:, g.block(n)].argmax(dim=-1).to(z.dtype) if g.is_categorical(n) else z[:, g.block(n)].mean(dim=-1)
+                for n in g.nodes]
+        return torch.stack(cols, dim=-1)
+
+    def label_nll(self, name: str, block: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood ``(B,)`` of normalised labels ``target`` ``(B,)`` given a block
+        ``(B, d)`` (without constants): ``0.5 ||block - target * 1||^2``, or for a categorical node
+        the cross-entropy of its class index under ``Categorical(logits=block)``."""
+        if self.graph.is_categorical(name):
+            return torch.nn.functional.cross_entropy(block, target.long(), reduction="none")
+        return 0.5 * (block - target[:, None]).pow(2).sum(dim=-1)
+
+    def mechanism_loss(self, z: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor | None = None,
+                       detach_parents: bool = True) -> torch.Tensor:
+        """Mechanism fitting ``(B,)``: how well each non-root node's label is explained by its
+        mechanism alone, ``sum_i nll(y~_i | f_i(z_pa(i)))`` over the labelled non-root nodes.
+
+        ``z`` ``(B, D)`` latents (the encoder's), ``labels`` ``(B, n_nodes)`` in label units (NaN =
+        missing), ``label_mask`` ``(B, n_nodes)`` bool. This asks ``f_i`` to carry the parents'
+        effect on the child, in label units, instead of leaving it to the abducted ``u_i`` (which the
+        label term alone allows); abduction stays exact (``u_i = z_i - f_i(z_pa)``). With
+        ``detach_parents`` the parents' blocks are inputs only: the term trains the mechanisms and
+        never pulls a parent's block towards its child's label.
+        """
+        g = self.graph
+        mask = ~torch.isnan(labels)
+        if label_mask is not None:
+            mask = mask & label_mask.to(device=labels.device, dtype=torch.bool)
+        target = torch.nan_to_num(g.normalise(labels), nan=0.0)
+        zb = self._blocks(z.detach() if detach_parents else z)
+        out = z.new_zeros(z.shape[0])
+        for i, n in enumerate(g.nodes):
+            if not g.parents(n):
+                continue
+            nll = self.label_nll(n, self.mechanism(n, zb, z), target[:, i])
+            out = out + torch.where(mask[:, i], nll, torch.zeros_like(nll))
+        return out
 
     def intervene(self, z: torch.Tensor, do: Mapping[str, DoValue], u: torch.Tensor | None = None) -> torch.Tensor:
         """Latent counterfactual ``z'`` ``(B, D)`` of the factual ``z`` ``(B, D)`` under ``do``.
@@ -199,9 +265,12 @@ class LatentSCM(PyroModule):
             u = pyro.sample(f"u_{n}", dist.Normal(zero, 1.0).to_event(1))
             z[n] = pyro.deterministic(f"z_{n}", self.mechanism(n, z, u) + u, event_dim=1)
             if labels is not None:
-                y = target[:, i : i + 1].expand(-1, d)
                 with poutine.scale(scale=label_weight):
-                    pyro.sample(f"y_{n}", dist.Normal(z[n], 1.0).to_event(1).mask(mask[:, i]), obs=y)
+                    if g.is_categorical(n):
+                        pyro.sample(f"y_{n}", dist.Categorical(logits=z[n]).mask(mask[:, i]), obs=target[:, i].long())
+                    else:
+                        y = target[:, i : i + 1].expand(-1, d)
+                        pyro.sample(f"y_{n}", dist.Normal(z[n], 1.0).to_event(1).mask(mask[:, i]), obs=y)
         return torch.cat([z[n] for n in g.nodes], dim=-1)
 
     def forward(

@@ -27,6 +27,7 @@ import torch.distributed as torch_dist
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from causaldiffae.data.dataset import batch_indices
 from causaldiffae.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
 from causaldiffae.errors import CheckpointError, ConfigError, TrainingError
 from causaldiffae.graph import CausalGraph
@@ -96,6 +97,11 @@ class TrainConfig:
         sample_every: steps between preview grids in RUN/samples, also written at the end (0 = off;
             None: a quarter of the run, at most 2,000).
         sample_steps: DDIM steps for those grids.
+        labelled_share: when only part of the data is labelled (``label_fraction < 1``), the share of
+            every batch drawn from the labelled rows (stratified sampling, see
+            :func:`causaldiffae.data.dataset.batch_indices`); 0 = plain random batches.
+
+    A field missing from a saved config takes its value in :data:`LEGACY_TRAIN_FIELDS`.
     """
 
     steps: int = 20000
@@ -112,6 +118,7 @@ class TrainConfig:
     log_every: int | None = None
     sample_every: int | None = None
     sample_steps: int = 10
+    labelled_share: float = 0.25
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
@@ -140,6 +147,10 @@ class TrainConfig:
         return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
+#: TrainConfig fields added after the first shipped models, with the values those runs used.
+LEGACY_TRAIN_FIELDS: dict[str, Any] = {"labelled_share": 0.0}
+
+
 @dataclass
 class RunConfig:
     """A whole run: the model, the optimisation, and which data it reads."""
@@ -151,7 +162,9 @@ class RunConfig:
         return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: Mapping[str, Any], saved: bool = False) -> "RunConfig":
+        """Build from a mapping; ``saved=True`` for a checkpoint's config (missing fields take their
+        legacy values, see :meth:`ModelConfig.from_dict`)."""
         unknown = set(d) - {"model", "train"}
         if unknown:
             raise ConfigError(f"unknown config sections {sorted(unknown)}; known: ['model', 'train']")
@@ -159,7 +172,9 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         if set(tr) - known:
             raise ConfigError(f"unknown train config keys {sorted(set(tr) - known)}; known: {sorted(known)}")
-        return cls(model=ModelConfig.from_dict(d.get("model", {})), train=TrainConfig(**tr))
+        if saved:
+            tr = {**LEGACY_TRAIN_FIELDS, **tr}
+        return cls(model=ModelConfig.from_dict(d.get("model", {}), saved=saved), train=TrainConfig(**tr))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
@@ -217,20 +232,15 @@ class StepNoise:
 
 def step_noise(
     step: int, seed: int, n_data: int, global_batch: int, image_shape: tuple[int, int, int], latent_dim: int,
-    timesteps: int, p_uncond: float, rank: int = 0, world: int = 1,
+    timesteps: int, p_uncond: float, rank: int = 0, world: int = 1, labelled_rows=None, labelled_share: float = 0.0,
 ) -> StepNoise:
     """Draw the random numbers of ``step`` for the global batch and return this rank's slice.
 
     The data order is a seeded permutation per epoch; ``step`` picks its window, so resuming at
-    any step reproduces the same batches.
+    any step reproduces the same batches (with ``labelled_share``, stratified: see
+    :func:`~causaldiffae.data.dataset.batch_indices`).
     """
-    per_epoch = max(1, n_data // global_batch)
-    epoch, pos = divmod(step, per_epoch)
-    perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    idx = perm[pos * global_batch : (pos + 1) * global_batch]
-    if idx.numel() < global_batch:  # data smaller than a batch: sample with replacement
-        g = torch.Generator().manual_seed(seed * 7919 + step)
-        idx = torch.randint(n_data, (global_batch,), generator=g)
+    idx = batch_indices(step, seed, n_data, global_batch, labelled_rows, labelled_share)
     g = torch.Generator().manual_seed((seed + 1) * 2_147_483_647 + step)
     t = torch.randint(timesteps, (global_batch,), generator=g)
     noise = torch.randn((global_batch, *image_shape), generator=g)
@@ -483,7 +493,7 @@ def train(
         assert_same_graph(saved, graph, ckpt_path)
         graph = saved  # keeps the label normalisation the run started with
         steps = config.train.steps if config is not None else None
-        config = RunConfig.from_dict(meta["config"])
+        config = RunConfig.from_dict(meta["config"], saved=True)
         start = int(meta["step"])
         if steps is not None and steps != config.train.steps:
             # warm-up and EMA stay those of the run as started (a longer run must not re-open the
@@ -504,6 +514,7 @@ def train(
     labelled = dataset.with_label_fraction(tc.label_fraction, seed=tc.seed) if tc.label_fraction < 1.0 else dataset
     if resume and meta.get("labelled_digest") not in (None, labelled.labelled_digest()):
         raise TrainingError(f"{ckpt_path}: the labelled subset differs from the one the run started with")
+    labelled_rows = np.flatnonzero(~np.isnan(labelled.labels).all(axis=1)) if tc.label_fraction < 1.0 else None
     model = build_model(graph, mc, seed=tc.seed).to(info.device)
     ema = model.ema_copy()
     decay_params = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -601,7 +612,9 @@ def train(
             step = start
             while step < tc.steps:
                 sn = step_noise(step, tc.seed, len(labelled), tc.batch_size, model.image_shape, graph.latent_dim,
-                                mc.timesteps, mc.p_uncond if mc.p_uncond > 0 else 0.0, info.rank, info.world)
+                                mc.timesteps, mc.p_uncond if mc.p_uncond > 0 else 0.0, info.rank, info.world,
+                                labelled_rows=labelled_rows,
+                                labelled_share=tc.labelled_share if tc.label_fraction < 1.0 else 0.0)
                 images, labels = labelled.batch(sn.indices)
                 images, labels = images.to(info.device), labels.to(info.device)
                 sn = StepNoise(*(x.to(info.device) for x in dataclasses.astuple(sn)))

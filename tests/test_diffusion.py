@@ -97,7 +97,10 @@ class RandomDenoiser(torch.nn.Module):
 
     def __init__(self, schedule: NoiseSchedule, cond_dim: int = 3) -> None:
         super().__init__()
-        self.schedule, self.unet = schedule, randomise_zero_init(UNet(tiny(), cond_dim=cond_dim)).eval()
+        # the Diff-AE scale-only conditioning the figures below were measured with (a random z-MLP
+        # shrinks z's effect on a randomly initialised network)
+        self.schedule = schedule
+        self.unet = randomise_zero_init(UNet(tiny(cond_shift=False, cond_hidden=0), cond_dim=cond_dim)).eval()
 
     def forward(self, x, t, cond=None, cond_mask=None):
         a = self.schedule.alpha_bar(torch.as_tensor(t).long(), x)
