@@ -27,7 +27,11 @@ def _seed_everything():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A tiny CausalDiffAE trained once per session on the two-node world of tests/tiny.py."""
+    """A tiny CausalDiffAE trained once per session on the two-node world of tests/tiny.py.
+
+    It keeps the legacy model settings (eps-prediction, scale-only AdaGN, no mechanism term, null
+    guidance): the bounds of the tests that share it were measured on that model. The
+    causal-fidelity settings have their own tiny runs in tests/test_fidelity.py."""
     import sys
     from pathlib import Path
 
@@ -37,6 +41,6 @@ def tiny_run(tmp_path_factory):
     from causaldiffae.training import train
 
     run = tmp_path_factory.mktemp("tiny") / "run"
-    train(tiny_graph(), tiny_dataset(128), run, tiny_run_config(steps=300, warmup_steps=50, ema_decay=0.95),
+    train(tiny_graph(), tiny_dataset(128), run, tiny_run_config(steps=300, legacy=True, warmup_steps=50, ema_decay=0.95),
           progress=False, data_info={"label_range": {"a": [-0.9, 0.9], "b": [-1.0, 1.0]}})
     return run

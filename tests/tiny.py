@@ -48,17 +48,29 @@ def tiny_dataset(n: int = 64, seed: int = 0):
     return ImageLabelDataset.from_arrays(tiny_render(labels), labels, ["a", "b"])
 
 
-def tiny_run_config(steps: int = 60, **train):
+def legacy_model_fields() -> tuple[dict, dict]:
+    """The model and UNet settings of models trained before the causal-fidelity fields existed."""
+    from causaldiffae.model import LEGACY_MODEL_FIELDS
+    from causaldiffae.networks import LEGACY_UNET_FIELDS
+
+    return dict(LEGACY_MODEL_FIELDS), dict(LEGACY_UNET_FIELDS)
+
+
+def tiny_run_config(steps: int = 60, legacy: bool = False, **train):
+    """The tiny world's run config: the library's model defaults at a tiny size, or with
+    ``legacy=True`` the settings of the first shipped models (see :func:`legacy_model_fields`)."""
     from causaldiffae.model import ModelConfig
     from causaldiffae.networks import EncoderConfig, UNetConfig
     from causaldiffae.training import RunConfig, TrainConfig
 
+    model_fields, unet_fields = legacy_model_fields() if legacy else ({}, {})
     model = ModelConfig(
         unet=UNetConfig(image_size=SIZE, in_channels=3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                        attention_resolutions=(), num_groups=4),
+                        attention_resolutions=(), num_groups=4, **unet_fields),
         encoder=EncoderConfig(image_size=SIZE, in_channels=3, base_channels=8, channel_mult=(1, 2), num_groups=4),
         timesteps=100,
         mechanism_hidden=16,
+        **model_fields,
     )
     defaults = dict(steps=steps, batch_size=16, lr=2e-3, warmup_steps=10, checkpoint_every=20, log_every=5,
                     sample_every=0, ema_decay=0.9)
