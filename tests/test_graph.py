@@ -14,7 +14,7 @@ from causaldiffae.errors import DataError, GraphError
 from causaldiffae.graph import CausalGraph, NodeSpec, check, load_label_table, render, shipped_graph
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["pendulum", "morphomnist", "causal_circuit"]
+SHIPPED = ["pendulum", "morphomnist", "morphomnist_v2", "causal_circuit"]
 
 
 def test_shipped_graphs_structure_and_normalisation():
@@ -26,6 +26,8 @@ def test_shipped_graphs_structure_and_normalisation():
     m = CausalGraph.load("morphomnist")
     assert m.edges == [("thickness", "intensity")] and m.parents("digit") == [] and m.children("digit") == []
     assert (m.specs["intensity"].loc, m.specs["intensity"].scale) == (159.5, 95.5)  # from range [64, 255]
+    m2 = CausalGraph.load("morphomnist_v2")  # the same graph with the digit categorical
+    assert m2.edges == m.edges and m2.classes("digit") == tuple(range(10)) and m2.dims == [4, 4, 10]
     c = CausalGraph.load("causal_circuit")
     assert set(c.edges) == {("arm", "blue"), ("arm", "green"), ("arm", "red"), ("blue", "red"), ("green", "red")}
     assert c.descendants("arm") == ["blue", "green", "red"] and c.ancestors("red") == ["arm", "blue", "green"]
@@ -118,7 +120,7 @@ def test_bad_graph_files_name_the_problem(tmp_path, fname, text, needles):
 
 
 def test_missing_file_and_unknown_suffix(tmp_path):
-    with pytest.raises(GraphError, match="not found; shipped graphs: causal_circuit, morphomnist, pendulum"):
+    with pytest.raises(GraphError, match="not found; shipped graphs: causal_circuit, morphomnist, morphomnist_v2, pendulum"):
         CausalGraph.load(tmp_path / "nope.dot")
     with pytest.raises(GraphError, match="no shipped graph named 'nope'"):
         shipped_graph("nope")

@@ -16,7 +16,7 @@ from causaldiffae.errors import InterventionError
 from causaldiffae.graph import CausalGraph, NodeSpec
 from causaldiffae.scm import LatentSCM
 
-SHIPPED = ["pendulum", "morphomnist", "causal_circuit"]
+SHIPPED = ["pendulum", "morphomnist", "morphomnist_v2", "causal_circuit"]
 
 
 @pytest.fixture(autouse=True)
