@@ -120,6 +120,20 @@ def score(model, images, labels, table, sim, predictors, steps: int, strength: f
     return row
 
 
+def compact_table(df: pd.DataFrame) -> str:
+    """The table of docs/results.md: latent-level fractions, achieved fractions, drift, reconstruction."""
+    lat = [c for c in df.columns if c.startswith("latent_") and c != "latent_mean"]
+    roots = [c for c in df.columns if c.startswith("achieved_") and "<-" not in c
+             and c not in ("achieved_intervened", "achieved_descendants")]
+    cols = ["variant", *lat, "latent_mean", *roots, "achieved_descendants", "drift_non_descendants", "recon_mse"]
+    head = [c.replace("latent_", "latent ").replace("achieved_", "achieved ").replace("_non_descendants", " (others)") for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
+    for _, r in df[cols].iterrows():
+        cells = [str(r["variant"])] + [f"{r[c]:.2f}" if c != "recon_mse" else f"{r[c]:.4f}" for c in cols[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     from causaldiffae.checkpoint import PRETRAINED_DIR, load_checkpoint
     from causaldiffae.model import CausalDiffAE
@@ -139,7 +153,11 @@ def main(argv=None) -> None:
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--out", default="runs/fidelity")
     ap.add_argument("--score-only", action="store_true", help="score finished runs, train nothing")
+    ap.add_argument("--table", nargs="+", metavar="CSV", help="print the compact Markdown table of these results.csv files and exit")
     a = ap.parse_args(argv)
+    if a.table:
+        print(compact_table(pd.concat([pd.read_csv(p) for p in a.table], ignore_index=True)))
+        return
     torch.set_num_threads(1)
     out = Path(a.out) / a.data
     predictors = load_predictors(PRETRAINED_DIR / f"{a.data}.predictors.safetensors")
