@@ -22,7 +22,8 @@ value, ``metrics.default_interventions``):
 * ``recon_mse``: invert-then-decode MSE at ``--steps-eval`` DDIM steps.
 
 Runs are resumable (a finished run is only scored). Results: ``OUT/<data>/results.csv`` and
-``results.md``.
+``results.md`` (``--results NAME`` for another name). ``--strength 2 --guidance null|factual
+--score-only`` scores the trained runs at another guidance weight and reference.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from causaldiffae import counterfactual as cf  # noqa: E402
 from causaldiffae import metrics  # noqa: E402
-from experiments.ablations import _data, _write, budget_config  # noqa: E402
+from experiments.ablations import _data, budget_config  # noqa: E402
 
 #: What each variant changes with respect to ``legacy`` (the settings the shipped models were trained with).
 LEGACY = {"model": {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample", "guidance": "null"},
@@ -120,16 +121,26 @@ def score(model, images, labels, table, sim, predictors, steps: int, strength: f
     return row
 
 
+def _write_as(rows: list[dict], out: Path, name: str, title: str) -> None:
+    df = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(f"## {title}\n\n" + compact_table(df) + "\n")
+    print(df.to_string(index=False))
+
+
 def compact_table(df: pd.DataFrame) -> str:
     """The table of docs/results.md: latent-level fractions, achieved fractions, drift, reconstruction."""
     lat = [c for c in df.columns if c.startswith("latent_") and c != "latent_mean"]
     roots = [c for c in df.columns if c.startswith("achieved_") and "<-" not in c
              and c not in ("achieved_intervened", "achieved_descendants")]
-    cols = ["variant", *lat, "latent_mean", *roots, "achieved_descendants", "drift_non_descendants", "recon_mse"]
+    extra = [c for c in ("strength", "guidance") if c in df.columns]
+    cols = ["variant", *extra, *lat, "latent_mean", *roots, "achieved_descendants", "drift_non_descendants", "recon_mse"]
     head = [c.replace("latent_", "latent ").replace("achieved_", "achieved ").replace("_non_descendants", " (others)") for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
     for _, r in df[cols].iterrows():
-        cells = [str(r["variant"])] + [f"{r[c]:.2f}" if c != "recon_mse" else f"{r[c]:.4f}" for c in cols[1:]]
+        cells = [str(r["variant"])] + [str(r[c]) for c in extra] + [
+            f"{r[c]:.2f}" if c != "recon_mse" else f"{r[c]:.4f}" for c in cols[1 + len(extra):]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -153,6 +164,8 @@ def main(argv=None) -> None:
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--out", default="runs/fidelity")
     ap.add_argument("--score-only", action="store_true", help="score finished runs, train nothing")
+    ap.add_argument("--guidance", choices=["null", "factual"], help="query guidance for every variant (default: the variant's)")
+    ap.add_argument("--results", default="results", help="name of the results files in OUT/<data> (several scorings side by side)")
     ap.add_argument("--table", nargs="+", metavar="CSV", help="print the compact Markdown table of these results.csv files and exit")
     a = ap.parse_args(argv)
     if a.table:
@@ -174,12 +187,13 @@ def main(argv=None) -> None:
             if not ck.exists():
                 continue
             model, _ = CausalDiffAE.load(run)
-            model.config.guidance = VARIANTS[name].get("model", {}).get("guidance", model.config.guidance)
+            model.config.guidance = a.guidance or VARIANTS[name].get("model", {}).get("guidance", model.config.guidance)
             images, labels, table, sim = _data(model, a.data, a.n)
-            row = {"variant": name, "seed": seed, "steps": a.steps, "batch": a.batch_size, "label_fraction": a.label_fraction}
+            row = {"variant": name, "seed": seed, "steps": a.steps, "batch": a.batch_size, "label_fraction": a.label_fraction,
+                   "strength": a.strength, "guidance": model.config.guidance}
             row.update(score(model, images, labels, table, sim, predictors, steps=a.steps_eval, strength=a.strength))
             rows.append(row)
-            _write(rows, out, f"Causal fidelity variants ({a.data}, {a.steps} steps x batch {a.batch_size})", ["variant"])
+            _write_as(rows, out, a.results, f"Causal fidelity variants ({a.data}, {a.steps} steps x batch {a.batch_size})")
 
 
 if __name__ == "__main__":
