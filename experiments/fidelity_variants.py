@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from causaldiffae import counterfactual as cf  # noqa: E402
 from causaldiffae import metrics  # noqa: E402
-from experiments.ablations import _data, budget_config  # noqa: E402
+from causaldiffae.ablation import budget_config  # noqa: E402
+from experiments.ablations import _data  # noqa: E402
 
 #: What each variant changes with respect to ``legacy`` (the settings the shipped models were trained with).
 LEGACY = {"model": {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample", "guidance": "null"},
