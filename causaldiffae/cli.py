@@ -4,7 +4,7 @@ Every sub-command is a thin layer over the Python API. Errors a user can cause (
 missing file, a bad graph file, an unknown node, a corrupt checkpoint...) print one line naming the
 value and exit with status 2, without a traceback and before any output is written: argparse checks
 every number and file when it reads the command line (:func:`_integer`, :func:`_number`,
-:func:`_existing_file`), the rest are :class:`~causaldiffae.errors.CausalDiffAEError`s. Warnings
+:func:`check_files`, run before the command), the rest are :class:`~causaldiffae.errors.CausalDiffAEError`s. Warnings
 (an intervention outside the training range, images resized) print once, as one line.
 """
 
@@ -114,14 +114,32 @@ def _number(minimum: float | None = None, maximum: float | None = None, open_min
     return parse
 
 
-def _existing_file(text: str) -> str:
-    """An argparse ``type``: a path that names an existing file (not a folder)."""
-    p = Path(text).expanduser()
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
-    if not p.is_file():
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
-    return str(p)
+def _input_files(parser: argparse.ArgumentParser, *options: str) -> None:
+    """Mark ``options`` of ``parser`` as input files that must exist (checked by :func:`check_files`
+    after parsing, so that parsing a command line never depends on the files around it)."""
+    parser.set_defaults(_input_files=tuple(options))
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """Raise UsageError for ``--device cuda`` on a machine without a CUDA device."""
+    if getattr(args, "device", None) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"causaldiffae {args.command}: error: --device cuda: no CUDA device is available here; use --device cpu")
+
+
+def check_files(args: argparse.Namespace) -> None:
+    """Raise UsageError for the first input file of ``args`` that is missing or a folder."""
+    for dest in getattr(args, "_input_files", ()):
+        values = getattr(args, dest, None)
+        for text in [values] if isinstance(values, str) else values or []:
+            p = Path(text).expanduser()
+            flag = "--" + dest.replace("_", "-")
+            if not p.exists():
+                raise UsageError(f"causaldiffae {args.command}: error: {flag}: file {text!r} does not exist")
+            if not p.is_file():
+                raise UsageError(f"causaldiffae {args.command}: error: {flag}: {text!r} is a folder, not a file")
 
 
 SEED = _integer(0)
@@ -149,13 +167,14 @@ def _graph_parser(sub) -> None:
                         description="Test the local Markov conditions the graph implies on a label table (DoWhy's "
                                     "falsification). Exit status 0: not rejected; 1: the data contradicts the graph; 2: bad input.")
     c.add_argument("graph", help="graph file or shipped name")
-    c.add_argument("--labels", required=True, type=_existing_file, help="CSV with one column per node (the node's label column)")
+    c.add_argument("--labels", required=True, help="CSV with one column per node (the node's label column)")
     c.add_argument("--permutations", type=COUNT, default=20, help="DoWhy's random node permutations (more: slower, surer)")
     c.add_argument("--max-rows", type=_integer(10), default=2000, help="subsample the table to this many rows")
     c.add_argument("--significance", type=_number(0.0, 1.0, open_min=True, open_max=True), default=0.05,
                    help="significance level of each independence test and of the permutation test")
     c.add_argument("--seed", type=SEED, default=0, help="seed of the row subsample and the permutations")
     c.set_defaults(func=_graph_check)
+    _input_files(c, "labels")
 
 
 def _graph_render(args) -> int:
@@ -349,7 +368,7 @@ def _cf_parser(sub) -> None:
                               "  --do angle=-10          set angle to -10")
     p.add_argument("--run", required=True, help="run folder, checkpoint, or shipped model name (pendulum, morphomnist)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", nargs="+", type=_existing_file, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    src.add_argument("--images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     src.add_argument("--data", help="data folder / .npz / generated name to draw images from")
     p.add_argument("--n", type=COUNT, default=16, help="images to take from --data (a random pick of its test split, set by --seed)")
     p.add_argument("--resize", action="store_true", help="convert and resize --images to the model's size and channels")
@@ -362,6 +381,7 @@ def _cf_parser(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds an earlier counterfactual)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.set_defaults(func=_counterfactual)
+    _input_files(p, "images")
 
 
 def _counterfactual(args) -> int:
@@ -498,8 +518,8 @@ def _evaluate_parser(sub) -> None:
                                    "reversibility, ground truth (whole image and changed region), latent mechanism check and DCI.")
     p.add_argument("--run", required=True, help="run folder or checkpoint")
     p.add_argument("--data", required=True, help="data folder / .npz / generated name (a generated folder brings its simulator)")
-    p.add_argument("--predictors", type=_existing_file, help="predictors file (default: RUN/predictors.safetensors, or X.predictors.safetensors "
-                                                            "beside a checkpoint X.safetensors such as a shipped model, if it exists)")
+    p.add_argument("--predictors", help="predictors file (default: RUN/predictors.safetensors, or X.predictors.safetensors "
+                                        "beside a checkpoint X.safetensors such as a shipped model, if it exists)")
     p.add_argument("--n", type=COUNT, default=64, help="images to evaluate (a seeded pick of the split; 64 at least for quoted figures)")
     p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps of each counterfactual")
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w")
@@ -518,6 +538,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
+    _input_files(p, "predictors")
 
 
 def _evaluate(args) -> int:
@@ -703,6 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        check_files(args)
+        check_device(args)
     except UsageError as e:
         print(e, file=sys.stderr)
         return EXIT_USER_ERROR

@@ -119,18 +119,18 @@ def test_every_option_has_a_line_of_help_and_help_shows_defaults():
     (["counterfactual", "--run", "pendulum", "--data", "pendulum", "--n", "2.5"], "argument --n: '2.5' is not a whole number"),
     (["counterfactual", "--run", "pendulum", "--data", "pendulum", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got -1"),
     (["counterfactual", "--run", "pendulum", "--data", "pendulum", "--refine", "-1"], "argument --refine: must be a whole number >= 0"),
-    (["counterfactual", "--run", "pendulum", "--images", "NOPE.png"], "argument --images: file 'NOPE.png' does not exist"),
+    (["counterfactual", "--run", "pendulum", "--images", "NOPE.png"], "--images: file 'NOPE.png' does not exist"),
     (["counterfactual", "--run", "pendulum", "--data", "pendulum", "--do", "angle=+10"], "'angle=+10' is ambiguous"),
     (["sample", "--run", "pendulum", "--n", "abc"], "argument --n: 'abc' is not a whole number"),
     (["sample", "--run", "pendulum", "--strength", "nan"], "argument --strength: must be a finite number, got nan"),
     (["data", "pendulum", "--size", "3"], "argument --size: must be a whole number between 8 and 1024, got 3"),
     (["data", "pendulum", "--n", "0"], "argument --n: must be a whole number >= 1, got 0"),
-    (["graph", "check", "pendulum", "--labels", "NOPE.csv"], "argument --labels: file 'NOPE.csv' does not exist"),
+    (["graph", "check", "pendulum", "--labels", "NOPE.csv"], "--labels: file 'NOPE.csv' does not exist"),
     (["graph", "check", "pendulum", "--labels", "README.md", "--permutations", "0"], "argument --permutations: must be a whole number >= 1"),
     (["graph", "check", "pendulum", "--labels", "README.md", "--significance", "1.5"], "argument --significance: must be > 0 and < 1, got 1.5"),
     (["evaluate", "--run", "pendulum", "--data", "pendulum", "--n", "0"], "argument --n: must be a whole number >= 1, got 0"),
     (["evaluate", "--run", "pendulum", "--data", "pendulum", "--cycles", "1", "0"], "argument --cycles: must be a whole number >= 1, got 0"),
-    (["evaluate", "--run", "pendulum", "--data", "pendulum", "--predictors", "NOPE"], "argument --predictors: file 'NOPE' does not exist"),
+    (["evaluate", "--run", "pendulum", "--data", "pendulum", "--predictors", "NOPE"], "--predictors: file 'NOPE' does not exist"),
     (["evaluate", "--run", "pendulum", "--data", "pendulum", "--metrics", "speed"], "unknown metric(s) ['speed']"),
     (["demo", "--n", "0"], "argument --n: must be a whole number >= 1, got 0"),
     (["demo", "--strength", "-2"], "argument --strength: must be >= 0, got -2"),
@@ -169,6 +169,27 @@ def test_files_that_are_not_images_or_not_text_exit_2(argv, message, tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message.format(**fill) in err and "Traceback" not in err, err
     assert not paths["out"].exists() and not Path(str(paths["out"]) + ".png").exists()
+
+
+def test_data_never_replaces_a_folder_it_did_not_generate(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "labels.csv").write_text("file,a\nx.png,1\n")  # the user's own data set
+    assert main(["data", "pendulum", "--n", "4", "--size", "16", "--out", str(mine)]) == 2
+    assert "is not a generated data set (no generator.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["labels.csv"]
+    out = tmp_path / "gen"
+    assert main(["data", "pendulum", "--n", "4", "--size", "16", "--out", str(out)]) == 0
+    assert main(["data", "pendulum", "--n", "5", "--size", "16", "--out", str(out)]) == 0  # its own: replaced
+    assert len(pd.read_csv(out / "labels.csv")) == 5 and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has a CUDA device")
+def test_device_cuda_without_one_is_a_one_line_error(tmp_path, capsys):
+    assert main(["sample", "--run", "pendulum", "--device", "cuda", "-o", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip() == ("causaldiffae sample: error: --device cuda: no CUDA device is available "
+                                               "here; use --device cpu")
+    assert not (tmp_path / "s").exists()
 
 
 def test_help_and_version_exit_0(capsys):
