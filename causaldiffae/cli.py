@@ -548,6 +548,7 @@ def _evaluate(args) -> int:
     from causaldiffae.model import CausalDiffAE
     from causaldiffae.predictors import default_predictors_path, load_predictors
 
+    _output_folder(args.out)
     metrics = tuple(args.metrics) if args.metrics else M.METRICS
     unknown = [m for m in metrics if m not in M.METRICS]
     if unknown:
@@ -679,9 +680,18 @@ def _demo_parser(sub) -> None:
     p.set_defaults(func=_demo)
 
 
+def _output_folder(out: str | None, flag: str = "-o") -> None:
+    """ConfigError when an output folder argument names an existing file."""
+    from causaldiffae.errors import ConfigError
+
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"{flag} {out!r} is a file; give a folder")
+
+
 def _demo(args) -> int:
     from causaldiffae.demo import run_demo
 
+    _output_folder(args.out)
     run_demo(args.model, out=args.out, n=args.n, steps=args.steps, strength=args.strength, seed=args.seed)
     return 0
 

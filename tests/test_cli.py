@@ -137,11 +137,13 @@ def test_every_option_has_a_line_of_help_and_help_shows_defaults():
     (["predictors", "--run", "pendulum", "--data", "pendulum", "--steps", "0"], "argument --steps: must be a whole number >= 1, got 0"),
     (["predictors", "--graph", "pendulum", "--data", "pendulum", "--out", "p.bin"], "the predictors file must end in .safetensors"),
     (["export", "--run", "pendulum", "-o", "model.bin"], "the exported file must end in .safetensors"),
+    (["demo", "-o", "README.md"], "-o 'README.md' is a file; give a folder"),
+    (["evaluate", "--run", "pendulum", "--data", "pendulum", "-o", "README.md"], "-o 'README.md' is a file; give a folder"),
 ])
 def test_user_mistakes_exit_2_with_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # README.md is a text file that exists, for the options checked after --labels
     out = tmp_path / "out"
-    needs_out = argv[0] in ("counterfactual", "sample", "evaluate", "demo") or argv[:1] == ["data"]
+    needs_out = (argv[0] in ("counterfactual", "sample", "evaluate", "demo") or argv[:1] == ["data"]) and "-o" not in argv
     flag = "--out" if argv[0] == "data" else "-o"
     full = [*argv, flag, str(out)] if needs_out else argv
     assert main(full) == 2
