@@ -238,17 +238,13 @@ def _load_images(paths, model, resize: bool = False) -> torch.Tensor:
     return load_image_files(paths)
 
 
-def _image_sources(ds, pick: np.ndarray, spec: Any, size: int) -> list[str]:
-    """Where each picked image of ``ds`` came from: the image file when the data has a ``file``
-    column (a folder, or a generated set in the cache), else ``SPEC[row]``."""
-    from causaldiffae.data.generate import GENERATORS, data_cache_dir
-
+def _image_sources(ds, pick: np.ndarray, spec: Any) -> list[str]:
+    """Where each picked image of ``ds`` came from: the image file when the data is a folder with a
+    ``file`` column (a generated set is one, in the cache), else ``SPEC[row]``."""
     files = ds.extra["file"] if ds.extra is not None and "file" in getattr(ds.extra, "columns", ()) else None
-    if files is None:
+    if files is None or not Path(str(spec)).is_dir():
         return [f"{spec}[{int(i)}]" for i in pick]
-    s = str(spec)
-    folder = data_cache_dir() / f"{s}-{size}" if s in GENERATORS and not Path(s).exists() else Path(s)
-    return [str(folder / str(files.iloc[int(i)])) for i in pick]
+    return [str(Path(str(spec)) / str(files.iloc[int(i)])) for i in pick]
 
 
 def _value_range(meta: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
@@ -273,15 +269,17 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
         sources = [str(p) for p in args.images]
     else:
         from causaldiffae.data import open_dataset
+        from causaldiffae.data.generate import model_generator_params, resolve_generated
 
         size = model.image_shape[1]
-        ds = open_dataset(args.data, model.graph.label_columns, size=size, split="test")
+        data = resolve_generated(args.data, size, model_generator_params(args.run, meta))  # the rendering it was trained on
+        ds = open_dataset(data, model.graph.label_columns, size=size, split="test")
         if args.n > len(ds):
             raise DataError(f"--n {args.n}: {args.data} has only {len(ds)} test images; ask for at most {len(ds)}")
         # a seeded random pick: generated sets are stored in grid order, so the first rows are near-duplicates
         pick = np.sort(np.random.default_rng(args.seed).choice(len(ds), size=args.n, replace=False))
         images, _ = ds.batch(pick)
-        sources = _image_sources(ds, pick, args.data, size)
+        sources = _image_sources(ds, pick, data)
     model.check_images(images, what=f"images from {args.images[0] if args.images else args.data}")
     with torch.no_grad():
         factual = model.predict_labels(model.encode(images.to(args.device))[1]).cpu()
