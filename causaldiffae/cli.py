@@ -47,8 +47,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default is argparse.SUPPRESS or default is None or default is False or default == []:
-            return text
+        if ("%(default)" in text or "default:" in text or "(default" in text or default is argparse.SUPPRESS
+                or default is None or default is False or default == []):
+            return text  # no default to show, or the help states it in its own words
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
             return f"{text} (default: {shown})"

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: The reader's own files that the pages use as examples (they cannot exist in the repository).
-#: A new name in a page must be a real file, a shipped name, an output of an earlier command on the
-#: same page, a file the page writes out in a code block, or be added here on purpose.
-PLACEHOLDERS = {"my_graph.yaml", "my_images/", "my_images", "my.yaml", "a.png", "b.png", "my_data", "my_data/"}
+#: A new name in a page must be a real file, a shipped name, an output of a command on the same
+#: page (or of a script it runs), a file the page writes out in a code block, or be added here on
+#: purpose.
+PLACEHOLDERS = {"my.dot", "my_graph.dot", "my_folder", "world.dot", "data", "my_graph.yaml", "my_images/", "my_images", "my.yaml", "a.png", "b.png", "my_data", "my_data/"}
 
 #: Pages that work on what another page makes (evaluation.md scores the run training.md trains,
 #: counterfactuals.md queries the run getting-started.md trains):
@@ -51,15 +52,23 @@ def _argv(text: str) -> list[str] | None:
     return words[1:] if words and words[0] == "causaldiffae" else None
 
 
-def extract(page: Path) -> tuple[list[DocCommand], dict[str, str]]:
+def extract(page: Path) -> tuple[list[DocCommand], dict[str, str | None]]:
     """The page's commands (fenced lines, and inline code spans with at least one option) and the
-    files it writes out in code blocks (a block whose first line is ``// path`` or ``# path``)."""
+    files it writes out in code blocks (a block whose first line is ``// path`` or ``# path``; None
+    for what a ``python script.py --out X`` line on the page writes)."""
     lines = page.read_text().splitlines()
     commands: list[DocCommand] = []
     files: dict[str, str] = {}
     prose: list[tuple[int, str]] = []
     in_fence, block, start = False, [], 0
+    pending, first = "", 0  # a shell line continued with a trailing backslash
     for i, line in enumerate(lines, 1):
+        if in_fence and line.rstrip().endswith("\\"):
+            pending, first = pending + line.rstrip()[:-1] + " ", first or i
+            continue
+        if pending:
+            line, pending = pending + line, ""
+        i, first = (first or i), 0
         if FENCE.match(line.strip()):
             if in_fence:
                 m = re.match(r"^(?://|#)\s*([\w./-]+\.\w+)\s*$", block[0].strip()) if block else None
@@ -70,17 +79,20 @@ def extract(page: Path) -> tuple[list[DocCommand], dict[str, str]]:
         if in_fence:
             block.append(line)
             for seg in _segments(line):
-                if seg.startswith("causaldiffae "):
+                if seg.startswith("causaldiffae ") and not ("[-" in seg or "..." in seg):  # not a synopsis
                     commands.append(DocCommand(page, i, _argv(seg)))
+                elif seg.startswith("python "):  # a script the page runs: what it writes counts as made
+                    words = shlex.split(seg, comments=True)
+                    files.update({w: None for k, w in zip(words, words[1:]) if k in ("--out", "-o", "--graph")})
         else:
             prose.append((i, line))
     text = "\n".join(line for _, line in prose)
     numbers = [n for n, _ in prose]
     for m in re.finditer(r"`(causaldiffae [^`]+)`", text):
         argv = _argv(" ".join(m.group(1).split()))
-        if argv and any(a.startswith("-") for a in argv):
+        if argv and any(a.startswith("-") for a in argv) and not ("[-" in m.group(1) or "..." in m.group(1)):
             commands.append(DocCommand(page, numbers[text[: m.start()].count("\n")], argv))
-    return commands, files
+    return sorted(commands, key=lambda c: c.line), files
 
 
 ALL = [(c, files) for page in PAGES for commands, files in [extract(page)] for c in commands]
@@ -92,8 +104,17 @@ def test_the_pages_have_commands():
     assert len(ALL) > 30
 
 
+def _parse_or_none(parser, argv):
+    try:
+        return parser.parse_args(argv)
+    except UsageError:
+        return None
+
+
 def _outputs(args) -> list[str]:
-    """What a command makes, for later commands on the same page to use."""
+    """What a command makes, for other commands on the same page to use."""
+    if args is None:
+        return []
     out = [getattr(args, k, None) for k in ("out", "resume")]
     return [str(o).rstrip("/") for o in out if o]
 
@@ -111,7 +132,7 @@ def _shipped_graphs() -> set[str]:
 
 
 def _known(value: str, made: set[str], files: dict[str, str], names: set[str]) -> bool:
-    v = value.rstrip("/")
+    v = value.rstrip("/").split("*")[0].rstrip("/")  # a glob: its fixed part
     return (value in names or (ROOT / value).exists() or value in PLACEHOLDERS or v in PLACEHOLDERS or value in files
             or any(v == m or v.startswith(m + "/") for m in made))
 
@@ -122,11 +143,18 @@ def test_every_command_parses_and_names_what_exists(page):
 
     parser = build_parser()
     commands, files = extract(page)
-    made: set[str] = set()
+    # what the page's commands make (anywhere on the page: prose may name a folder made below it)
+    made = {o for c in commands if not {"-h", "--help"} & set(c.argv)
+            for o in _outputs(_parse_or_none(parser, c.argv))}
     for other in BUILDS_ON.get(page.name, ()):
-        made.update(o for c in extract(ROOT / "docs" / other)[0] for o in _outputs(parser.parse_args(c.argv)))
+        made.update(o for c in extract(ROOT / "docs" / other)[0] if not {"-h", "--help"} & set(c.argv)
+                    for o in _outputs(parser.parse_args(c.argv)))
     problems = []
     for c in commands:
+        if {"-h", "--help"} & set(c.argv):  # `causaldiffae train --help`: the help must print
+            if main(c.argv) != 0:
+                problems.append(f"{c}\n    --help did not exit 0")
+            continue
         try:
             args = parser.parse_args(c.argv)
         except UsageError as e:
@@ -140,10 +168,9 @@ def test_every_command_parses_and_names_what_exists(page):
             checks = {}
         for key, names in checks.items():
             value = getattr(args, key, None)
-            if not value:
-                continue
-            if not _known(str(value), made, files, names):
-                problems.append(f"{c}\n    --{key} {value}: no such shipped name, file, or output of an earlier command")
+            for v in value if isinstance(value, list) else [value] if value else []:
+                if not _known(str(v), made, files, names):
+                    problems.append(f"{c}\n    --{key} {v}: no such shipped name, file, or output of a command on the page")
         if args.command in ("counterfactual", "sample"):
             from causaldiffae.cli import _parse_do
             from causaldiffae.errors import InterventionError
@@ -155,7 +182,6 @@ def test_every_command_parses_and_names_what_exists(page):
         for image in getattr(args, "images", None) or []:
             if not _known(image, made, files, set()):
                 problems.append(f"{c}\n    --images {image}: no such file")
-        made.update(_outputs(args))
     assert not problems, "\n".join(problems)
 
 
@@ -166,13 +192,15 @@ def _runnable(c: DocCommand, files: dict[str, str]) -> list[str] | None:
     own files."""
     from causaldiffae.data.generate import GENERATORS
 
+    if {"-h", "--help"} & set(c.argv):
+        return None
     try:
         args = build_parser().parse_args(c.argv)
     except UsageError:
         return None  # reported by test_every_command_parses_and_names_what_exists
     if args.command == "graph":
         g = args.graph
-        if not (g in _shipped_graphs() or (ROOT / g).exists() or g in files):
+        if not (g in _shipped_graphs() or (ROOT / g).exists() or files.get(g) is not None):
             return None
         if args.graph_command == "check" and not (ROOT / args.labels).exists():
             return None
@@ -212,6 +240,8 @@ def test_quick_commands_run(cmd, tmp_path, monkeypatch, small_generated, capsys)
     files = dict(next(f for c, f in QUICK if c is cmd))
     monkeypatch.chdir(tmp_path)
     for name, text in files.items():  # the files the page writes out (graphs/my_world.dot)
+        if text is None:
+            continue
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     argv = _runnable(cmd, files)
