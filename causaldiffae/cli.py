@@ -1,14 +1,19 @@
 """The ``causaldiffae`` command line.
 
-Every sub-command is a thin layer over the Python API. Errors a user can cause (a bad graph file, an
-unknown node, a corrupt checkpoint...) are :class:`~causaldiffae.errors.CausalDiffAEError`s: the
-CLI prints their message on one line and exits with status 2, without a traceback.
+Every sub-command is a thin layer over the Python API. Errors a user can cause (a bad number, a
+missing file, a bad graph file, an unknown node, a corrupt checkpoint...) print one line naming the
+value and exit with status 2, without a traceback and before any output is written: argparse checks
+every number and file when it reads the command line (:func:`_integer`, :func:`_number`,
+:func:`check_files`, run before the command), the rest are :class:`~causaldiffae.errors.CausalDiffAEError`s. Warnings
+(an intervention outside the training range, images resized) print once, as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,25 +35,147 @@ def command(name: str):
     return wrap
 
 
+# ------------------------------------------------------------------------------ parsing helpers
+class UsageError(Exception):
+    """A command line argparse refused; the message is the whole one-line report."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, except options whose default means "not given"
+    (None, False, an empty list); descriptions and epilogs keep their line breaks (examples)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default:" in text or "(default" in text or default is argparse.SUPPRESS
+                or default is None or default is False or default == []):
+            return text  # no default to show, or the help states it in its own words
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            return f"{text} (default: {shown})"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with :class:`HelpFormatter` for every (sub-)parser and a one-line error report
+    (``causaldiffae counterfactual: error: argument --strength: must be >= 0, got -1``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        if kwargs.get("description"):  # the formatter keeps line breaks (for epilogs): wrap here
+            import textwrap
+
+            kwargs["description"] = "\n\n".join(textwrap.fill(p, 88) for p in kwargs["description"].split("\n\n"))
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in ``[minimum, maximum]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _number(minimum: float | None = None, maximum: float | None = None, open_min: bool = False,
+            open_max: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in the given (closed unless ``open_*``) interval."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        low_bad = minimum is not None and (value <= minimum if open_min else value < minimum)
+        high_bad = maximum is not None and (value >= maximum if open_max else value > maximum)
+        if low_bad or high_bad:
+            parts = []
+            if minimum is not None:
+                parts.append(f"{'>' if open_min else '>='} {minimum:g}")
+            if maximum is not None:
+                parts.append(f"{'<' if open_max else '<='} {maximum:g}")
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(parts)}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _input_files(parser: argparse.ArgumentParser, *options: str) -> None:
+    """Mark ``options`` of ``parser`` as input files that must exist (checked by :func:`check_files`
+    after parsing, so that parsing a command line never depends on the files around it)."""
+    parser.set_defaults(_input_files=tuple(options))
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """Raise UsageError for ``--device cuda`` on a machine without a CUDA device."""
+    if getattr(args, "device", None) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"causaldiffae {args.command}: error: --device cuda: no CUDA device is available here; use --device cpu")
+
+
+def check_files(args: argparse.Namespace) -> None:
+    """Raise UsageError for the first input file of ``args`` that is missing or a folder."""
+    for dest in getattr(args, "_input_files", ()):
+        values = getattr(args, dest, None)
+        for text in [values] if isinstance(values, str) else values or []:
+            p = Path(text).expanduser()
+            flag = "--" + dest.replace("_", "-")
+            if not p.exists():
+                raise UsageError(f"causaldiffae {args.command}: error: {flag}: file {text!r} does not exist")
+            if not p.is_file():
+                raise UsageError(f"causaldiffae {args.command}: error: {flag}: {text!r} is a folder, not a file")
+
+
+SEED = _integer(0)
+COUNT = _integer(1)
+STEPS = _integer(1)
+STRENGTH = _number(0.0)
+
+DO_HELP = ("NODE=V sets NODE to V (label units; negative values allowed, angle=-10 sets -10); "
+           "NODE+=D / NODE-=D shift NODE's factual value by D; repeatable, one per node")
+
+
 # ---------------------------------------------------------------------------------------- graph
 @command("graph")
 def _graph_parser(sub) -> None:
-    p = sub.add_parser("graph", help="render or check a causal graph file")
-    gsub = p.add_subparsers(dest="graph_command", required=True)
+    p = sub.add_parser("graph", help="render or check a causal graph file", description="Render or check a causal graph file.")
+    gsub = p.add_subparsers(dest="graph_command", required=True, metavar="{render,check}")
 
-    r = gsub.add_parser("render", help="draw a graph with graphviz (png, svg or pdf)")
+    r = gsub.add_parser("render", help="draw a graph with graphviz (png, svg or pdf)", description="Draw a graph with graphviz.")
     r.add_argument("graph", help="graph file (.dot/.gv/.gml/.yaml/.json) or a shipped name (pendulum, ...)")
-    r.add_argument("-o", "--out", required=True, help="output file; the suffix picks the format")
+    r.add_argument("-o", "--out", required=True, help="output file; the suffix picks the format (.png, .svg, .pdf)")
     r.add_argument("--do", action="append", default=[], metavar="NODE", help="highlight NODE as intervened and its descendants as affected (repeatable)")
     r.set_defaults(func=_graph_render)
 
-    c = gsub.add_parser("check", help="test the graph's conditional independences on a label table with DoWhy")
-    c.add_argument("graph")
+    c = gsub.add_parser("check", help="test the graph's conditional independences on a label table with DoWhy",
+                        description="Test the local Markov conditions the graph implies on a label table (DoWhy's "
+                                    "falsification). Exit status 0: not rejected; 1: the data contradicts the graph; 2: bad input.")
+    c.add_argument("graph", help="graph file or shipped name")
     c.add_argument("--labels", required=True, help="CSV with one column per node (the node's label column)")
-    c.add_argument("--permutations", type=int, default=20, help="DoWhy permutations (more: slower, surer)")
-    c.add_argument("--max-rows", type=int, default=2000, help="subsample the table to this many rows")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--permutations", type=COUNT, default=20, help="DoWhy's random node permutations (more: slower, surer)")
+    c.add_argument("--max-rows", type=_integer(10), default=2000, help="subsample the table to this many rows")
+    c.add_argument("--significance", type=_number(0.0, 1.0, open_min=True, open_max=True), default=0.05,
+                   help="significance level of each independence test and of the permutation test")
+    c.add_argument("--seed", type=SEED, default=0, help="seed of the row subsample and the permutations")
     c.set_defaults(func=_graph_check)
+    _input_files(c, "labels")
 
 
 def _graph_render(args) -> int:
@@ -65,20 +192,22 @@ def _graph_check(args) -> int:
 
     graph = CausalGraph.load(args.graph)
     table = load_label_table(args.labels)
-    report = check(graph, table, n_permutations=args.permutations, max_rows=args.max_rows, seed=args.seed)
+    report = check(graph, table, n_permutations=args.permutations, max_rows=args.max_rows, seed=args.seed,
+                   significance_level=args.significance, significance_ci=args.significance)
     print(report)
-    return EXIT_FALSIFIED if report.falsified else 0
+    return EXIT_FALSIFIED if report.rejected else 0
 
 
 # ----------------------------------------------------------------------------------------- data
 @command("data")
 def _data_parser(sub) -> None:
-    p = sub.add_parser("data", help="generate a data set with ground-truth counterfactuals")
-    p.add_argument("name", choices=["pendulum", "morphomnist"])
-    p.add_argument("--size", type=int, default=32, help="image size in pixels (square)")
-    p.add_argument("--out", required=True, help="output folder (images + labels.csv + generator.json)")
-    p.add_argument("--n", type=int, default=None, help="number of images (default: the data set's standard size)")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("data", help="generate a data set with ground-truth counterfactuals",
+                       description="Generate a data set (images + labels.csv + generator.json) with ground-truth counterfactuals.")
+    p.add_argument("name", choices=["pendulum", "morphomnist"], help="which generator")
+    p.add_argument("--size", type=_integer(8, 1024), default=32, help="image size in pixels (square)")
+    p.add_argument("--out", required=True, help="output folder (replaced only if it holds an earlier generated set)")
+    p.add_argument("--n", type=COUNT, default=None, help="number of images (default: the data set's standard size)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the sampled factors")
     p.set_defaults(func=_data)
 
 
@@ -195,16 +324,14 @@ def _train(args) -> int:
 
 
 # ------------------------------------------------------------------------------- counterfactual
-def _shift(delta: float):
-    return lambda v: v + delta
-
-
 def _parse_do(exprs: Sequence[str]) -> dict:
     """Parse ``--do`` expressions into an intervention.
 
-    ``NODE=V`` sets NODE to V (label units, negative values allowed); ``NODE=+D`` or ``NODE+=D``
-    shifts it by +D; ``NODE-=D`` shifts it by -D.
+    ``NODE=V`` sets NODE to V (label units; ``angle=-10`` sets -10); ``NODE+=D`` shifts it by +D and
+    ``NODE-=D`` by -D (:class:`~causaldiffae.counterfactual.Shift`). ``NODE=+D`` is refused as
+    ambiguous (it used to shift).
     """
+    from causaldiffae.counterfactual import Shift
     from causaldiffae.errors import InterventionError
 
     out: dict = {}
@@ -215,37 +342,47 @@ def _parse_do(exprs: Sequence[str]) -> dict:
             name, op = name[:-1], name[-1]
         name, value = name.strip(), value.strip()
         if not sep or not name or not value:
-            raise InterventionError(f"malformed --do {e!r}: expected NODE=VALUE (set), NODE=+DELTA or NODE+=DELTA / NODE-=DELTA (shift)")
+            raise InterventionError(f"malformed --do {e!r}: expected NODE=VALUE (set) or NODE+=DELTA / NODE-=DELTA (shift)")
         if not op and value.startswith("+"):
-            op, value = "+", value[1:]
+            raise InterventionError(f"--do {e!r} is ambiguous: write {name}+={value[1:]} to shift {name} by {value[1:]}, "
+                                    f"or {name}={value[1:]} to set it to {value[1:]}")
         try:
             number = float(value)
         except ValueError:
             raise InterventionError(f"malformed --do {e!r}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise InterventionError(f"--do {e!r}: the value must be a finite number")
         if name in out:
             raise InterventionError(f"--do names {name!r} twice")
-        out[name] = _shift(number) if op == "+" else _shift(-number) if op == "-" else number
+        out[name] = Shift(number) if op == "+" else Shift(-number) if op == "-" else number
     return out
 
 
 @command("counterfactual")
 def _cf_parser(sub) -> None:
-    p = sub.add_parser("counterfactual", help="what would these images look like under do(...)?")
-    p.add_argument("--run", required=True, help="run folder or checkpoint")
+    p = sub.add_parser("counterfactual", help="what would these images look like under do(...)?",
+                       description="What would these images look like under do(...)? Abduction (DDIM inversion), action, "
+                                   "prediction (DDIM decoding).",
+                       epilog="examples:\n  --do light=120          set light to 120\n"
+                              "  --do angle+=10          shift each image's angle by +10\n"
+                              "  --do angle-=10          shift it by -10\n"
+                              "  --do angle=-10          set angle to -10")
+    p.add_argument("--run", required=True, help="run folder, checkpoint, or shipped model name (pendulum, morphomnist)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", nargs="+", help="image files")
+    src.add_argument("--images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     src.add_argument("--data", help="data folder / .npz / generated name to draw images from")
-    p.add_argument("--n", type=int, default=16, help="images to take from --data (a random pick of its test split, set by --seed)")
+    p.add_argument("--n", type=COUNT, default=16, help="images to take from --data (a random pick of its test split, set by --seed)")
     p.add_argument("--resize", action="store_true", help="convert and resize --images to the model's size and channels")
-    p.add_argument("--do", action="append", default=[], metavar="NODE=VALUE", help="set (light=120) or shift (angle=+10); repeatable")
-    p.add_argument("--strength", type=float, default=1.0, help="guidance weight w (1: plain conditional; >1 stronger)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps for inversion and decoding")
-    p.add_argument("--abduction", choices=["ddim", "noise"], default="ddim")
-    p.add_argument("--refine", type=int, default=0, help="fixed-point corrections per DDIM inversion step (exacter abduction, slower)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
+    p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger; 0 ignores the latents)")
+    p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps for inversion and decoding")
+    p.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="ddim: invert the decoder (keeps identity); noise: forward noising (a baseline)")
+    p.add_argument("--refine", type=_integer(0), default=0, help="fixed-point corrections per DDIM inversion step (exacter abduction, slower)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the --data pick and of noise abduction")
+    p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds an earlier counterfactual)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.set_defaults(func=_counterfactual)
+    _input_files(p, "images")
 
 
 def _counterfactual(args) -> int:
@@ -256,15 +393,16 @@ def _counterfactual(args) -> int:
 
 @command("sample")
 def _sample_parser(sub) -> None:
-    p = sub.add_parser("sample", help="interventional samples: u from the prior, do(...), random x_T")
-    p.add_argument("--run", required=True)
-    p.add_argument("--n", type=int, default=16)
-    p.add_argument("--do", action="append", default=[], metavar="NODE=VALUE")
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--out", required=True)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p = sub.add_parser("sample", help="interventional samples: u from the prior, do(...), random x_T",
+                       description="Interventional samples: u from the prior, do(...), a random x_T, DDIM decoding.")
+    p.add_argument("--run", required=True, help="run folder, checkpoint, or shipped model name")
+    p.add_argument("--n", type=COUNT, default=16, help="number of samples")
+    p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
+    p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger)")
+    p.add_argument("--steps", type=STEPS, default=20, help="DDIM decoding steps")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of u and x_T")
+    p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds earlier samples)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.set_defaults(func=_sample)
 
 
@@ -276,7 +414,8 @@ def _sample(args) -> int:
 
 @command("export")
 def _export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a run's EMA weights as a small inference-only checkpoint")
+    p = sub.add_parser("export", help="write a run's EMA weights as a small inference-only checkpoint",
+                       description="Write a run's EMA weights as a small inference-only checkpoint.")
     p.add_argument("--run", required=True, help="run folder or checkpoint")
     p.add_argument("-o", "--out", required=True, help="output .safetensors file")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage precision of the weights")
@@ -284,8 +423,14 @@ def _export_parser(sub) -> None:
 
 
 def _export(args) -> int:
+    from causaldiffae.errors import ConfigError
     from causaldiffae.training import export_model
 
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"-o {args.out!r}: the exported file must end in .safetensors")
+    if out.is_dir():
+        raise ConfigError(f"-o {args.out!r} is a folder; give a file name ending in .safetensors")
     path = export_model(args.run, args.out, dtype=args.dtype)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -294,22 +439,23 @@ def _export(args) -> int:
 # ----------------------------------------------------------------------------------- evaluation
 @command("predictors")
 def _predictors_parser(sub) -> None:
-    p = sub.add_parser("predictors", help="train anti-causal predictors (one CNN regressor per node) for the effectiveness metric")
+    p = sub.add_parser("predictors", help="train anti-causal predictors (one CNN regressor per node) for the effectiveness metric",
+                       description="Train anti-causal predictors (one CNN regressor per node) for the effectiveness metric.")
     p.add_argument("--graph", help="graph file or shipped name (default: the graph of --run)")
     p.add_argument("--data", required=True, help="data folder / .npz / generated name with labelled images")
     p.add_argument("--run", help="run folder: use its graph, normalisation and image size; write RUN/predictors.safetensors")
     p.add_argument("--out", help="output .safetensors file (default: beside the run)")
-    p.add_argument("--steps", type=int, default=2000, help="optimisation steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--size", type=int, help="image size (default: the run's, else 32)")
+    p.add_argument("--steps", type=STEPS, default=2000, help="optimisation steps")
+    p.add_argument("--batch-size", type=COUNT, default=64, help="images per step")
+    p.add_argument("--size", type=_integer(8, 1024), help="image size (default: the run's, else 32)")
     p.add_argument("--split", default="train", help="rows of the data's split column to train on (ignored without one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="seed of initialisation, batches and the held-out part")
     p.add_argument("--labelled-images", action="store_true",
                    help="train on the data's labelled images even where it has a simulator (default there: independent draws)")
-    p.add_argument("--n-samples", type=int, default=8000, help="scenes drawn from the simulator")
-    p.add_argument("--categorical", nargs="+", default=None, help="nodes to classify (besides those typed categorical)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--n-samples", type=COUNT, default=8000, help="scenes drawn from the simulator")
+    p.add_argument("--categorical", nargs="+", default=None, metavar="NODE", help="nodes to classify (besides those typed categorical)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the networks train")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_predictors)
 
 
@@ -324,6 +470,8 @@ def _predictors(args) -> int:
         raise ConfigError("give --graph G (and --out FILE), or --run RUN to use the run's graph")
     if not args.run and not args.out:
         raise ConfigError("give --out FILE for the predictors, or --run RUN to put them beside the run")
+    if args.out and Path(args.out).suffix != ".safetensors":
+        raise ConfigError(f"--out {args.out!r}: the predictors file must end in .safetensors")
     size = args.size
     if args.run:
         from causaldiffae.training import assert_same_graph
@@ -366,28 +514,32 @@ def _predictors(args) -> int:
 @command("evaluate")
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="reconstruction, effectiveness (beside do-nothing and floor), composition, reversibility, "
-                                        "ground truth (whole image and changed region), latent mechanism check and DCI")
+                                        "ground truth (whole image and changed region), latent mechanism check and DCI",
+                       description="Score a run: reconstruction, effectiveness (beside do-nothing and floor), composition, "
+                                   "reversibility, ground truth (whole image and changed region), latent mechanism check and DCI.")
     p.add_argument("--run", required=True, help="run folder or checkpoint")
     p.add_argument("--data", required=True, help="data folder / .npz / generated name (a generated folder brings its simulator)")
     p.add_argument("--predictors", help="predictors file (default: RUN/predictors.safetensors, or X.predictors.safetensors "
                                         "beside a checkpoint X.safetensors such as a shipped model, if it exists)")
-    p.add_argument("--n", type=int, default=64, help="images to evaluate (a seeded pick of the split; 64 at least for quoted figures)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps of each counterfactual")
-    p.add_argument("--strength", type=float, default=1.0, help="guidance weight w")
-    p.add_argument("--refine", type=int, default=0, help="fixed-point corrections per DDIM inversion step in every query")
-    p.add_argument("--recon-steps", type=int, nargs="+", default=[10, 20, 50, 100], help="step counts of the reconstruction table")
-    p.add_argument("--cycles", type=int, nargs="+", default=[1, 10], help="composition: report L1 after these numbers of null interventions")
-    p.add_argument("--reversibility-cycles", type=int, default=5)
+    p.add_argument("--n", type=COUNT, default=64, help="images to evaluate (a seeded pick of the split; 64 at least for quoted figures)")
+    p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps of each counterfactual")
+    p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w")
+    p.add_argument("--refine", type=_integer(0), default=0, help="fixed-point corrections per DDIM inversion step in every query")
+    p.add_argument("--recon-steps", type=STEPS, nargs="+", default=[10, 20, 50, 100], help="step counts of the reconstruction table")
+    p.add_argument("--cycles", type=COUNT, nargs="+", default=[1, 10], help="composition: report L1 after these numbers of null interventions")
+    p.add_argument("--reversibility-cycles", type=COUNT, default=5, help="do(x') then do(x) round trips for reversibility")
     p.add_argument("--intended", choices=["auto", "simulator", "dowhy", "scm"], default="auto",
                    help="effectiveness' intended labels (auto: the simulator if any, else DoWhy)")
     p.add_argument("--dowhy", choices=["auto", "linear"], default="auto", help="DoWhy mechanisms: auto-assigned or linear additive noise")
-    p.add_argument("--metrics", nargs="+", help="run only these (reconstruction effectiveness composition reversibility ground_truth latent dci)")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC",
+                   help="run only these (reconstruction effectiveness composition reversibility ground_truth latent dci)")
     p.add_argument("--split", default="test", help="rows of the data's split column to evaluate on (ignored without one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the image pick and the intervention values")
     p.add_argument("-o", "--out", help="output folder (default: RUN/evaluation)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
+    _input_files(p, "predictors")
 
 
 def _evaluate(args) -> int:
@@ -397,13 +549,14 @@ def _evaluate(args) -> int:
     from causaldiffae.model import CausalDiffAE
     from causaldiffae.predictors import default_predictors_path, load_predictors
 
-    model, meta = CausalDiffAE.load(args.run, device=args.device)
+    _output_folder(args.out)
     metrics = tuple(args.metrics) if args.metrics else M.METRICS
     unknown = [m for m in metrics if m not in M.METRICS]
     if unknown:
         from causaldiffae.errors import ConfigError
 
         raise ConfigError(f"unknown metric(s) {unknown}; known: {', '.join(M.METRICS)}")
+    model, meta = CausalDiffAE.load(args.run, device=args.device)
     size = model.image_shape[1]
     from causaldiffae.data.generate import model_generator_params, resolve_generated
 
@@ -516,55 +669,89 @@ def _ablate_strength(args) -> int:
 
 @command("demo")
 def _demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="counterfactuals from a shipped model beside the simulator's true ones")
+    p = sub.add_parser("demo", help="counterfactuals from a shipped model beside the simulator's true ones",
+                       description="Counterfactuals from a shipped model beside the simulator's true ones, on scenes it never saw.")
     p.add_argument("--model", default="pendulum", choices=["pendulum", "morphomnist"], help="shipped model")
     p.add_argument("-o", "--out", default="demo", help="output folder for grid.png")
-    p.add_argument("--n", type=int, default=6, help="scenes")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (inversion and decoding)")
-    p.add_argument("--strength", type=float, default=2.0,
-                   help="guidance weight w (default 2: closest to the true counterfactuals in docs/results.md)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=COUNT, default=6, help="scenes")
+    p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps (inversion and decoding)")
+    p.add_argument("--strength", type=STRENGTH, default=2.0,
+                   help="guidance weight w (2: closest to the true counterfactuals in docs/results.md)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the scenes and the intervention values")
     p.set_defaults(func=_demo)
+
+
+def _output_folder(out: str | None, flag: str = "-o") -> None:
+    """ConfigError when an output folder argument names an existing file."""
+    from causaldiffae.errors import ConfigError
+
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"{flag} {out!r} is a file; give a folder")
 
 
 def _demo(args) -> int:
     from causaldiffae.demo import run_demo
 
+    _output_folder(args.out)
     run_demo(args.model, out=args.out, n=args.n, steps=args.steps, strength=args.strength, seed=args.seed)
     return 0
 
 
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every sub-command (one :class:`Parser` class, so one help format and one error style)."""
+    parser = Parser(
         prog="causaldiffae",
         description="Counterfactual image generation with causal diffusion autoencoders.",
     )
     from causaldiffae import __version__
 
     parser.add_argument("--version", action="version", version=f"causaldiffae {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for build in _COMMANDS.values():
         build(sub)
     return parser
 
 
+def _one_line_warnings(stream=None):
+    """A ``warnings.showwarning`` replacement: each distinct message once, as one line on stderr."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        from causaldiffae.errors import CausalDiffAEWarning
+
+        text = " ".join(str(message).split())
+        if text in seen:
+            return
+        seen.add(text)
+        kind = "" if issubclass(category, CausalDiffAEWarning) else f"{category.__name__}: "
+        print(f"causaldiffae: warning: {kind}{text}", file=stream or sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``causaldiffae`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except CausalDiffAEError as e:
-        print(f"causaldiffae: error: {e}", file=sys.stderr)
+        args = parser.parse_args(argv)
+        check_files(args)
+        check_device(args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("causaldiffae: interrupted", file=sys.stderr)
-        return 130
-
-
-def _path(s: str) -> Path:
-    return Path(s).expanduser()
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings()
+        try:
+            return int(args.func(args) or 0)
+        except CausalDiffAEError as e:
+            print(f"causaldiffae: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("causaldiffae: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,12 +22,56 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from causaldiffae.errors import InterventionError
+from causaldiffae.errors import CausalDiffAEWarning, InterventionError
 
 Value = Union[float, int, Sequence[float], np.ndarray, torch.Tensor, Callable[[Any], Any]]
 DoSpec = Mapping[str, Value]
 
 ABDUCTIONS = ("ddim", "noise")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A ``do()`` value that moves each image's factual label value by ``delta`` (label units):
+    ``do={"angle": Shift(10)}`` is ``angle += 10`` (the CLI's ``--do angle+=10``). A plain
+    callable works too; a Shift also says what it is in ``query.json``, captions and warnings."""
+
+    delta: float
+
+    def __call__(self, value):
+        return value + self.delta
+
+    def __str__(self) -> str:
+        return f"+={self.delta:g}" if self.delta >= 0 else f"-={-self.delta:g}"
+
+
+def describe_do(do: DoSpec) -> str:
+    """A one-line description of an intervention: ``do(light=120, angle+=10)``."""
+    parts = []
+    for name, v in do.items():
+        if isinstance(v, Shift):
+            parts.append(f"{name}{v}")
+        elif callable(v):
+            parts.append(f"{name}=f({name})")
+        else:
+            t = torch.as_tensor(v, dtype=torch.float32)
+            parts.append(f"{name}={float(t):g}" if t.numel() == 1 else f"{name}=[{t.numel()} values]")
+    return f"do({', '.join(parts)})" if parts else "do() (no intervention: reconstructions)"
+
+
+def do_to_json(do: DoSpec) -> dict[str, Any]:
+    """An intervention as JSON: ``{"light": {"set": 120.0}, "angle": {"shift": 10.0}}`` (per-image
+    values as lists; other callables as ``{"function": name}``)."""
+    out: dict[str, Any] = {}
+    for name, v in do.items():
+        if isinstance(v, Shift):
+            out[name] = {"shift": float(v.delta)}
+        elif callable(v):
+            out[name] = {"function": getattr(v, "__name__", type(v).__name__)}
+        else:
+            t = torch.as_tensor(v, dtype=torch.float32)
+            out[name] = {"set": float(t) if t.numel() == 1 else t.reshape(-1).tolist()}
+    return out
 
 
 @dataclass
@@ -148,10 +192,14 @@ def abduct(
     return Abduction(images=images, u=u, z=z, x_T=x_T, steps=steps, method=method)
 
 
-def check_do(model, do: DoSpec, batch: int, value_range: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+def check_do(model, do: DoSpec, batch: int, value_range: Mapping[str, tuple[float, float]] | None = None,
+             factual: torch.Tensor | None = None) -> dict[str, Any]:
     """Validate an intervention: known nodes, numeric or callable values of the right length.
 
-    Values outside ``value_range`` (the training labels' range, when known) give a warning naming the range.
+    Values outside ``value_range`` (the training labels' range, when known) give a
+    :class:`~causaldiffae.errors.CausalDiffAEWarning` naming the range. A shift (any callable) is
+    checked too when ``factual`` label values ``(B, n_nodes)`` are given: the values it gives the
+    images are then what is compared with the range.
     """
     nodes = model.graph.nodes
     out: dict[str, Any] = {}
@@ -160,6 +208,9 @@ def check_do(model, do: DoSpec, batch: int, value_range: Mapping[str, tuple[floa
             raise InterventionError(f"unknown node {name!r} in do(); known nodes: {', '.join(nodes)}")
         if callable(v):
             out[name] = v
+            if value_range and name in value_range and factual is not None:
+                values = torch.as_tensor(v(factual[:, nodes.index(name)].detach().float().cpu()), dtype=torch.float32)
+                _warn_outside(name, f"{name}{v}" if isinstance(v, Shift) else f"{name}=f({name})", values, value_range[name])
             continue
         try:
             t = torch.as_tensor(v, dtype=torch.float32)
@@ -170,11 +221,21 @@ def check_do(model, do: DoSpec, batch: int, value_range: Mapping[str, tuple[floa
         if not torch.isfinite(t).all():
             raise InterventionError(f"do({name}={v!r}): values must be finite")
         if value_range and name in value_range:
-            lo, hi = value_range[name]
-            if float(t.min()) < lo or float(t.max()) > hi:
-                warnings.warn(f"do({name}={v}) is outside the training range of {name} [{lo:.4g}, {hi:.4g}]; the model extrapolates", stacklevel=3)
+            _warn_outside(name, f"{name}={float(t):g}" if t.numel() == 1 else f"{name}=...", t, value_range[name])
         out[name] = t.reshape(-1) if t.ndim else float(t)
     return out
+
+
+def _warn_outside(name: str, what: str, values: torch.Tensor, bounds: tuple[float, float]) -> None:
+    lo, hi = bounds
+    values = values.reshape(-1)
+    outside = (values < lo) | (values > hi)
+    if not bool(outside.any()):
+        return
+    got = f"{float(values.min()):.4g}..{float(values.max()):.4g}" if values.numel() > 1 else f"{float(values[0]):.4g}"
+    share = f" for {int(outside.sum())} of {values.numel()} images" if values.numel() > 1 else ""
+    warnings.warn(f"do({what}) gives {name} = {got}, outside its training range [{lo:.4g}, {hi:.4g}]{share}; "
+                  "the model extrapolates there", CausalDiffAEWarning, stacklevel=3)
 
 
 @torch.no_grad()
@@ -184,7 +245,8 @@ def intervene(model, abduction: Abduction, do: DoSpec, value_range: Mapping[str,
     Intervened blocks take ``((v - loc) / scale) * 1``, descendants are recomputed from their
     mechanisms with their own abducted ``u``, every other block is left bit-identical.
     """
-    do = check_do(model, do, abduction.z.shape[0], value_range)
+    factual = model.predict_labels(abduction.z) if value_range and any(callable(v) for v in do.values()) else None
+    do = check_do(model, do, abduction.z.shape[0], value_range, factual=factual)
     if not do:
         return abduction.z.clone()
     do = {k: (v.to(abduction.z.device) if isinstance(v, torch.Tensor) else v) for k, v in do.items()}
@@ -247,9 +309,12 @@ def counterfactual(
 @torch.no_grad()
 def sample(
     model, n: int, do: DoSpec | None = None, strength: float = 1.0, steps: int = 20, seed: int | None = 0, max_batch: int = 64,
-    progress: bool = False,
+    progress: bool = False, value_range: Mapping[str, tuple[float, float]] | None = None,
 ) -> CounterfactualResult:
-    """Interventional samples: ``u ~ N(0, I)``, ``z = SCM(u)`` under ``do``, random ``x_T``, DDIM decoding."""
+    """Interventional samples: ``u ~ N(0, I)``, ``z = SCM(u)`` under ``do``, random ``x_T``, DDIM decoding.
+
+    ``value_range`` (the training labels' range) makes values outside it warn, as in :func:`counterfactual`.
+    """
     dev = _device(model)
     g = _generator(seed, dev)
     u = torch.randn((n, model.graph.latent_dim), generator=g, device=dev)
@@ -257,7 +322,7 @@ def sample(
     z = model.scm.mechanisms(u)
     ab = Abduction(images=torch.empty(0), u=u, z=z, x_T=x_T, steps=steps, method="prior")
     do = dict(do or {})
-    z_do = intervene(model, ab, do)
+    z_do = intervene(model, ab, do, value_range)
     x = predict(model, ab, z_do, strength=strength, steps=steps, max_batch=max_batch, progress=progress)
     return CounterfactualResult(
         images=x.cpu(), factual_images=None, z_factual=z.cpu(), z_counterfactual=z_do.cpu(),
@@ -316,8 +381,9 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "cf") ->
 
 
 def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_names: Sequence[str] | None = None, scale: int = 3,
-               col_names: Sequence[str] | None = None) -> Path:
-    """Save rows of images ``(B_r, C, H, W)`` as one PNG grid with optional row and column captions.
+               col_names: Sequence[str] | None = None, caption: str | None = None) -> Path:
+    """Save rows of images ``(B_r, C, H, W)`` as one PNG grid with optional row and column names and
+    a caption above it (wrapped to the grid's width; the grid widens for a long single word).
 
     Images are separated by grey lines, so white backgrounds stay visible.
     """
@@ -330,16 +396,24 @@ def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_names: Sequen
     cell_w = max(w * scale, 6 * max((len(s) for s in col_names), default=0) + 4) if col_names else w * scale
     head = 14 if col_names else 0
     pad = 2
-    canvas = Image.new("RGB", (label_w + ncol * (cell_w + pad) + pad, head + len(arrs) * (h * scale + pad) + pad), (170, 170, 170))
+    width = label_w + ncol * (cell_w + pad) + pad
+    lines = _wrap(caption, max(width - 8, 6 * 24) // 6) if caption else []
+    width = max(width, 8 + 6 * max((len(x) for x in lines), default=0))
+    top = 12 * len(lines) + (4 if lines else 0)
+    canvas = Image.new("RGB", (width, top + head + len(arrs) * (h * scale + pad) + pad), (170, 170, 170))
     draw = ImageDraw.Draw(canvas)
+    if lines:
+        draw.rectangle([0, 0, canvas.width, top], fill="white")
+        for i, line in enumerate(lines):
+            draw.text((4, 2 + 12 * i), line, fill="black")
     if col_names:
-        draw.rectangle([0, 0, canvas.width, head], fill="white")
+        draw.rectangle([0, top, canvas.width, top + head], fill="white")
         for k, name in enumerate(col_names):
-            draw.text((label_w + pad + k * (cell_w + pad) + 2, 1), name, fill="black")
+            draw.text((label_w + pad + k * (cell_w + pad) + 2, top + 1), name, fill="black")
     if row_names:
-        draw.rectangle([0, 0, label_w, canvas.height], fill="white")
+        draw.rectangle([0, top, label_w, canvas.height], fill="white")
     for r, a in enumerate(arrs):
-        y = head + pad + r * (h * scale + pad)
+        y = top + head + pad + r * (h * scale + pad)
         if row_names:
             draw.text((4, y + h * scale // 2 - 5), row_names[r], fill="black")
         for k, img in enumerate(a):
@@ -352,9 +426,35 @@ def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_names: Sequen
     return path
 
 
-def difference_grid(result: CounterfactualResult, path: str | Path, scale: int = 3) -> Path:
-    """factual | counterfactual | |difference| (amplified to the full range) as a PNG grid."""
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return [line for para in text.splitlines() for line in (textwrap.wrap(para, max(width, 8)) or [""])]
+
+
+def wrapped_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, scale: int = 3, caption: str | None = None,
+                 row_name: str | None = None) -> Path:
+    """Images ``(B, C, H, W)`` as a grid of ``ncol`` columns (as many rows as needed), row names
+    ``"row_name i-j"`` giving the indices each row holds."""
+    idx = [(s, min(s + ncol, images.shape[0])) for s in range(0, images.shape[0], ncol)]
+    names = [f"{row_name} {a}-{b - 1}" if b - a > 1 else f"{row_name} {a}" for a, b in idx] if row_name else None
+    return image_grid([images[a:b] for a, b in idx], path, row_names=names, scale=scale, caption=caption)
+
+
+def difference_grid(result: CounterfactualResult, path: str | Path, scale: int = 3, ncol: int = 8,
+                    caption: str | None = None) -> Path:
+    """factual | counterfactual | |difference| (amplified to the full range) as a PNG grid.
+
+    Images are taken ``ncol`` at a time; each block of three rows is named with the indices of its
+    images (the ``index`` column of ``labels.csv``), so any number of images stays readable.
+    """
     diff = (result.images - result.factual_images).abs().mean(1, keepdim=True)
     diff = diff / diff.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * 2 - 1
-    return image_grid([result.factual_images, result.images, diff.expand_as(result.images[:, :1])],
-                      path, row_names=["factual", "counterfactual", "|difference|"], scale=scale)
+    diff = diff.expand_as(result.images[:, :1])
+    rows, names = [], []
+    for s in range(0, result.images.shape[0], ncol):
+        e = min(s + ncol, result.images.shape[0])
+        which = f"{s}-{e - 1}" if e - s > 1 else f"{s}"
+        rows += [result.factual_images[s:e], result.images[s:e], diff[s:e]]
+        names += [f"factual {which}", "counterfactual", "|difference|"]
+    return image_grid(rows, path, row_names=names, scale=scale, caption=caption)

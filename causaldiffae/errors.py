@@ -34,3 +34,8 @@ class ConfigError(CausalDiffAEError, ValueError):
 
 class TrainingError(CausalDiffAEError, RuntimeError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class CausalDiffAEWarning(UserWarning):
+    """Something a user should know but that does not stop the work (an intervention outside the
+    training range, images resized to a common size); the CLI prints each one once, on one line."""

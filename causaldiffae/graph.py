@@ -358,7 +358,12 @@ class CausalGraph:
         fmt = SUFFIXES.get(p.suffix.lower())
         if fmt is None:
             raise GraphError(f"{p}: unknown graph file type {p.suffix!r}; use one of {', '.join(SUFFIXES)}")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise GraphError(f"{p} is not a text file ({err.reason} at byte {err.start}); a graph file is UTF-8 text") from None
+        except IsADirectoryError:
+            raise GraphError(f"{p} is a folder, not a graph file") from None
         return {"dot": _read_dot, "gml": _read_gml, "yaml": _read_yaml, "json": _read_json}[fmt](text, str(p))
 
     # ---- export
@@ -868,7 +873,13 @@ class MarkovViolation:
 
 @dataclass
 class GraphCheckReport:
-    """Outcome of :func:`check`. ``falsified`` is None when DoWhy cannot evaluate the graph."""
+    """Outcome of :func:`check`.
+
+    ``falsified`` is DoWhy's permutation verdict (None when DoWhy cannot evaluate the graph);
+    ``violations`` are the local Markov conditions the data rejects at ``significance_level``.
+    :attr:`rejected` joins both: the data contradicts the graph when either says so, and the
+    headline (first line of ``summary``) and the CLI's exit status follow it.
+    """
 
     falsified: bool | None
     falsifiable: bool | None
@@ -879,6 +890,13 @@ class GraphCheckReport:
     n_dropped: int
     lmc_p_value: float | None = None
     dowhy_text: str = ""
+    significance_level: float = 0.05
+
+    @property
+    def rejected(self) -> bool:
+        """True when the data contradicts the graph at the significance level: a local Markov
+        condition is violated, or DoWhy's permutation test falsifies the graph."""
+        return bool(self.violations) or bool(self.falsified)
 
     def __str__(self) -> str:
         lines = [self.summary, f"rows used: {self.n_rows}, rows dropped for missing labels: {self.n_dropped}"]
@@ -891,16 +909,11 @@ class GraphCheckReport:
 
 
 def load_label_table(path: str | Path) -> "Any":
-    """Read a CSV label table into a ``pandas.DataFrame`` (DataError when missing or unreadable)."""
-    import pandas as pd
+    """Read a CSV label table into a ``pandas.DataFrame`` (DataError when missing or unreadable);
+    spaces around headers and cells are ignored (:func:`causaldiffae.data.folder.read_label_csv`)."""
+    from causaldiffae.data.folder import read_label_csv
 
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"label table {str(p)!r} not found")
-    try:
-        return pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{p}: cannot read the CSV label table: {err}") from None
+    return read_label_csv(path)
 
 
 def _numeric_labels(graph: CausalGraph, table: Any, drop: bool = True) -> tuple[Any, int]:
@@ -981,24 +994,36 @@ def check(
         for (a, b), (p, violated) in lmc.get(C.LOCAL_VIOLATION_INSIGHT, {}).items() if violated
     ]
     n_tests = int(lmc.get(C.N_TESTS, 0))
+    k = len(violations)
+    if k:
+        headline = (f"REJECTED: violations found: the data contradicts {k} of the {n_tests} local Markov conditions "
+                    f"the graph implies, at significance {significance_level}.")
+    elif res.can_evaluate and res.falsified:
+        headline = (f"REJECTED: DoWhy's permutation test falsifies the graph at significance {significance_level}.")
+    elif n_tests:
+        headline = (f"Not rejected: the data contradicts none of the {n_tests} local Markov conditions the graph "
+                    f"implies, at significance {significance_level}.")
+    else:
+        headline = "Not tested: the graph implies no conditional independences the data could contradict."
     if not res.can_evaluate:
-        summary = ("DoWhy cannot evaluate this graph: it implies no conditional independences to test "
+        details = ("DoWhy cannot evaluate this graph: it implies no conditional independences to test "
                    "(for example, every pair of nodes is connected).")
         p_lmc = None
     else:
         p_lmc = float(lmc[C.P_VALUE])
         p_tpa = float(res.summary[C.VALIDATE_TPA][C.P_VALUE])
         n_perm = len(res.summary[C.VALIDATE_TPA][C.PERM_VIOLATIONS])
-        verdict = "REJECTED (falsified)" if res.falsified else "not rejected"
+        verdict = "falsifies" if res.falsified else "does not falsify"
         informative = (
-            f"it is informative: only {p_tpa:.0%} of {n_perm} random node permutations imply the same "
+            f"the graph is informative: only {p_tpa:.0%} of {n_perm} random node permutations imply the same "
             "independences" if res.falsifiable else
-            f"it is not informative: {p_tpa:.0%} of {n_perm} random node permutations imply the same "
+            f"the graph is not informative: {p_tpa:.0%} of {n_perm} random node permutations imply the same "
             "independences, so the data cannot tell it apart from them")
-        summary = (
-            f"The graph is {verdict} by the data at significance {significance_level}. "
-            f"It violates {len(violations)} of {n_tests} local Markov conditions; a fraction "
-            f"{p_lmc:.2f} of random node permutations do at least as well; {informative}.")
+        details = (
+            f"DoWhy's permutation test {verdict} it: a fraction {p_lmc:.2f} of random node permutations violate "
+            f"as few conditions or fewer; {informative}.")
+    summary = f"{headline}\n{details}"
     return GraphCheckReport(
         falsified=res.falsified, falsifiable=res.falsifiable, summary=summary, violations=violations,
-        n_tests=n_tests, n_rows=len(frame), n_dropped=dropped, lmc_p_value=p_lmc, dowhy_text=repr(res))
+        n_tests=n_tests, n_rows=len(frame), n_dropped=dropped, lmc_p_value=p_lmc, dowhy_text=repr(res),
+        significance_level=significance_level)

@@ -184,13 +184,29 @@ def fit(
 # --------------------------------------------------------------------------- CLI jobs
 class _Staging:
     """Write into ``out/.partial`` and move into place at the end, so an interrupted or failed
-    command never leaves an output folder that looks complete."""
+    command never leaves an output folder that looks complete.
 
-    def __init__(self, out: str | os.PathLike) -> None:
+    ``marker`` is the file every output of the command holds (``query.json``): an existing ``out``
+    is replaced only if it is empty or holds one, so a mistyped ``-o`` cannot delete other files.
+    Call :meth:`check` before the work starts.
+    """
+
+    def __init__(self, out: str | os.PathLike, marker: str = "query.json", what: str = "command") -> None:
         self.out = Path(out)
         self.tmp = self.out.parent / f".{self.out.name}.partial"
+        self.marker, self.what = marker, what
+
+    def check(self) -> "_Staging":
+        o = self.out
+        if o.exists() and not o.is_dir():
+            raise ConfigError(f"-o {str(o)!r} is a file; give a folder for the {self.what} output")
+        if o.is_dir() and any(o.iterdir()) and not (o / self.marker).exists():
+            raise ConfigError(f"-o {str(o)!r} exists and is not the output of an earlier {self.what} (it has no "
+                              f"{self.marker}); choose another folder or empty it")
+        return self
 
     def __enter__(self) -> Path:
+        self.check()
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         return self.tmp
@@ -206,7 +222,8 @@ class _Staging:
 
 def _load_images(paths, model, resize: bool = False) -> torch.Tensor:
     """Read image files for ``model``: each must have its size and channel count unless ``resize``
-    (then they are converted and resized with :func:`causaldiffae.data.resize_images`'s rule)."""
+    (then they are converted and resized with :func:`causaldiffae.data.resize_images`'s rule).
+    Every file is read (and refused with its name if it is not an image) before any work starts."""
     from causaldiffae.data import load_image_files
     from causaldiffae.data.folder import read_image
 
@@ -221,40 +238,71 @@ def _load_images(paths, model, resize: bool = False) -> torch.Tensor:
     return load_image_files(paths)
 
 
+def _image_sources(ds, pick: np.ndarray, spec: Any) -> list[str]:
+    """Where each picked image of ``ds`` came from: the image file when the data is a folder with a
+    ``file`` column (a generated set is one, in the cache), else ``SPEC[row]``."""
+    files = ds.extra["file"] if ds.extra is not None and "file" in getattr(ds.extra, "columns", ()) else None
+    if files is None or not Path(str(spec)).is_dir():
+        return [f"{spec}[{int(i)}]" for i in pick]
+    return [str(Path(str(spec)) / str(files.iloc[int(i)])) for i in pick]
+
+
+def _value_range(meta: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    return {k: tuple(v) for k, v in meta.get("data", {}).get("label_range", {}).items()}
+
+
 def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
-    """``causaldiffae counterfactual``: images + grid + CSV into ``args.out``."""
+    """``causaldiffae counterfactual``: images + grid + CSV into ``args.out``.
+
+    Everything a user can get wrong (the output folder, the run, the images or data, ``--n``, the
+    intervention) is checked before the first network call; values outside the training range warn.
+    """
     from causaldiffae import counterfactual as cf
     from causaldiffae.graph import render
     from causaldiffae.model import CausalDiffAE
 
+    staging = _Staging(args.out, "query.json", "causaldiffae counterfactual").check()
     model, meta = CausalDiffAE.load(args.run, device=args.device)
-    value_range = {k: tuple(v) for k, v in meta.get("data", {}).get("label_range", {}).items()}
+    value_range = _value_range(meta)
     if args.images:
         images = _load_images(args.images, model, resize=getattr(args, "resize", False))
+        sources = [str(p) for p in args.images]
     else:
         from causaldiffae.data import open_dataset
+        from causaldiffae.data.generate import model_generator_params, resolve_generated
 
-        ds = open_dataset(args.data, model.graph.label_columns, size=model.image_shape[1], split="test")
+        size = model.image_shape[1]
+        data = resolve_generated(args.data, size, model_generator_params(args.run, meta))  # the rendering it was trained on
+        ds = open_dataset(data, model.graph.label_columns, size=size, split="test")
+        if args.n > len(ds):
+            raise DataError(f"--n {args.n}: {args.data} has only {len(ds)} test images; ask for at most {len(ds)}")
         # a seeded random pick: generated sets are stored in grid order, so the first rows are near-duplicates
-        pick = np.sort(np.random.default_rng(args.seed).choice(len(ds), size=min(args.n, len(ds)), replace=False))
+        pick = np.sort(np.random.default_rng(args.seed).choice(len(ds), size=args.n, replace=False))
         images, _ = ds.batch(pick)
+        sources = _image_sources(ds, pick, data)
     model.check_images(images, what=f"images from {args.images[0] if args.images else args.data}")
-    cf.check_do(model, do, images.shape[0], value_range)
+    with torch.no_grad():
+        factual = model.predict_labels(model.encode(images.to(args.device))[1]).cpu()
+    cf.check_do(model, do, images.shape[0], value_range, factual=factual)
     affected = model.scm.affected(do) if do else []
     print(f"intervened: {', '.join(do) or '(none)'}; changes: {', '.join(affected) or '(nothing)'}; "
           f"left as they were: {', '.join(n for n in model.graph.nodes if n not in affected) or '(none)'}")
-    with _Staging(args.out) as tmp:
+    query = {"run": str(args.run), "do": cf.do_to_json(do), "strength": args.strength, "steps": args.steps,
+             "abduction": args.abduction, "refine": args.refine, "seed": args.seed, "affected": affected,
+             "sources": sources}
+    caption = (f"{cf.describe_do(do)}  strength {args.strength:g}  steps {args.steps}  abduction {args.abduction}"
+               + (f"  refine {args.refine}" if args.refine else "") + f"  run {args.run}")
+    with staging as tmp:
         res = cf.counterfactual(model, images.to(args.device), do=do, strength=args.strength, steps=args.steps,
                                 abduction=args.abduction, seed=args.seed, progress=True, value_range=value_range,
                                 refine=args.refine)
         cf.save_images(res.images, tmp / "images", prefix="counterfactual")
-        cf.difference_grid(res, tmp / "grid.png")
-        res.to_dataframe().to_csv(tmp / "labels.csv", index=False)
+        cf.difference_grid(res, tmp / "grid.png", caption=caption)
+        table = res.to_dataframe()
+        table.insert(1, "source", sources)
+        table.to_csv(tmp / "labels.csv", index=False)
         render(model.graph, tmp / "graph.png", intervened=list(do))
-        atomic_write_text(tmp / "query.json", json.dumps({
-            "run": str(args.run), "do": {k: ("shift" if callable(v) else v) for k, v in do.items()},
-            "strength": args.strength, "steps": args.steps, "abduction": args.abduction, "refine": args.refine,
-            "affected": affected}, indent=2))
+        atomic_write_text(tmp / "query.json", json.dumps(query, indent=2))
     print(f"wrote {args.out}/grid.png, {args.out}/labels.csv, {args.out}/graph.png and {res.images.shape[0]} images")
     return 0
 
@@ -264,15 +312,19 @@ def run_sample_command(args, do: Mapping[str, Any]) -> int:
     from causaldiffae import counterfactual as cf
     from causaldiffae.model import CausalDiffAE
 
+    staging = _Staging(args.out, "query.json", "causaldiffae sample").check()
     model, meta = CausalDiffAE.load(args.run, device=args.device)
-    value_range = {k: tuple(v) for k, v in meta.get("data", {}).get("label_range", {}).items()}
+    value_range = _value_range(meta)
     cf.check_do(model, do, args.n, value_range)
-    with _Staging(args.out) as tmp:
-        res = cf.sample(model, args.n, do=do, strength=args.strength, steps=args.steps, seed=args.seed, progress=True)
+    caption = f"samples of {cf.describe_do(do)}  strength {args.strength:g}  steps {args.steps}  seed {args.seed}  run {args.run}"
+    with staging as tmp:
+        res = cf.sample(model, args.n, do=do, strength=args.strength, steps=args.steps, seed=args.seed, progress=True,
+                        value_range=value_range)
         cf.save_images(res.images, tmp / "images", prefix="sample")
-        ncol = 8
-        rows = [res.images[i : i + ncol] for i in range(0, res.images.shape[0], ncol)]
-        cf.image_grid(rows, tmp / "grid.png")
+        cf.wrapped_grid(res.images, tmp / "grid.png", ncol=8, caption=caption, row_name="samples")
         res.to_dataframe().to_csv(tmp / "labels.csv", index=False)
+        atomic_write_text(tmp / "query.json", json.dumps({
+            "run": str(args.run), "do": cf.do_to_json(do), "n": args.n, "strength": args.strength, "steps": args.steps,
+            "seed": args.seed, "affected": res.affected}, indent=2))
     print(f"wrote {args.out}/grid.png, {args.out}/labels.csv and {args.n} images", file=sys.stdout)
     return 0

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import json
+
 from causaldiffae.cli import main
 
 from test_cli import run_cli
@@ -28,7 +30,7 @@ def image_files(tmp_path_factory):
 
 def test_counterfactual_command_writes_images_grid_csv_and_graph(tiny_run, image_files, tmp_path, capsys):
     out = tmp_path / "cf"
-    code = main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--do", "a=+0.3",
+    code = main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--do", "a+=0.3",
                  "--strength", "1.5", "--steps", "5", "-o", str(out)])
     assert code == 0
     assert "changes: a, b" in capsys.readouterr().out  # the descendants a do(a) touches
@@ -36,20 +38,99 @@ def test_counterfactual_command_writes_images_grid_csv_and_graph(tiny_run, image
     assert len(list((out / "images").glob("*.png"))) == 3
     table = pd.read_csv(out / "labels.csv")
     np.testing.assert_allclose(table["a_counterfactual"], table["a_factual"] + 0.3, atol=1e-4)
+    assert table["source"].tolist() == image_files  # each row names its input file
     grid = np.asarray(Image.open(out / "grid.png"))
-    assert grid.shape[0] > 16 and grid.shape[1] >= 3 * 16  # factual | counterfactual | difference
+    assert grid.shape[0] > 3 * 16 and grid.shape[1] >= 3 * 16  # rows: factual | counterfactual | difference
+    query = json.loads((out / "query.json").read_text())
+    assert query["do"] == {"a": {"shift": 0.3}} and query["strength"] == 1.5 and query["steps"] == 5
+    assert query["sources"] == image_files
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    """A folder of 10 tiny-world images, 4 of them in the test split."""
+    d = tmp_path_factory.mktemp("data")
+    labels = tiny_labels(10, seed=4)
+    for i, img in enumerate(tiny_render(labels)):
+        Image.fromarray(img).save(d / f"img{i}.png")
+    pd.DataFrame({"file": [f"img{i}.png" for i in range(10)], "a": labels[:, 0], "b": labels[:, 1],
+                  "split": ["train"] * 6 + ["test"] * 4}).to_csv(d / "labels.csv", index=False)
+    return d
+
+
+def test_n_larger_than_the_data_is_refused_and_labels_name_the_source_files(tiny_run, data_folder, tmp_path, capsys):
+    out = tmp_path / "cf"
+    base = ["counterfactual", "--run", str(tiny_run), "--data", str(data_folder), "--do", "b=0.2", "--steps", "2", "-o", str(out)]
+    assert main([*base, "--n", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"causaldiffae: error: --n 5000: {data_folder} has only 4 test images; ask for at most 4"
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    assert main([*base, "--n", "4"]) == 0
+    table = pd.read_csv(out / "labels.csv")
+    assert sorted(table["source"]) == [str(data_folder / f"img{i}.png") for i in range(6, 10)]
+
+
+def test_grid_wraps_into_rows_and_carries_the_query(tiny_run, image_files, tmp_path):
+    out = tmp_path / "cf"
+    many = image_files * 7  # 21 images
+    assert main(["counterfactual", "--run", str(tiny_run), "--images", *many, "--do", "a=0.5", "--do", "b-=0.1",
+                 "--strength", "1.5", "--steps", "2", "-o", str(out)]) == 0
+    grid = Image.open(out / "grid.png")
+    cell = 3 * 16 + 2  # scale 3, 2-pixel separators
+    assert grid.width < 9 * cell + 150, "21 images must wrap (8 per row), not make one wide row"
+    assert grid.height > 9 * cell, "three blocks of factual / counterfactual / difference rows"
+    # the caption: a white band on top with dark text in it (the grid itself starts with grey separators)
+    top = np.asarray(grid.convert("L"))[:12]
+    assert top.max() == 255 and top.min() < 100
+    from causaldiffae.counterfactual import describe_do, Shift
+
+    assert describe_do({"a": 0.5, "b": Shift(-0.1)}) == "do(a=0.5, b-=0.1)"
+    query = json.loads((out / "query.json").read_text())
+    assert query["do"] == {"a": {"set": 0.5}, "b": {"shift": -0.1}}
+
+
+def test_out_of_range_sets_and_shifts_warn_once_on_one_line(tiny_run, image_files, tmp_path, capsys):
+    for i, do in enumerate(["a=5", "a+=5"]):
+        assert main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--do", do, "--steps", "2",
+                     "-o", str(tmp_path / f"cf{i}")]) == 0
+        err = capsys.readouterr().err
+        warned = [line for line in err.splitlines() if "training range" in line]
+        assert len(warned) == 1, err
+        assert warned[0].startswith(f"causaldiffae: warning: do({do}) gives a = ")
+        assert "outside its training range [-0.9, 0.9]" in warned[0]
+        assert "UserWarning" not in err and "warnings.warn" not in err
+    assert main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--do", "a+=0.01", "--steps", "2",
+                 "-o", str(tmp_path / "cf3")]) == 0
+    assert "training range" not in capsys.readouterr().err  # a small shift of in-range images stays inside
+
+
+def test_an_output_folder_that_is_not_ours_is_left_alone(tiny_run, image_files, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    assert main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "-o", str(mine)]) == 2
+    assert "exists and is not the output of an earlier causaldiffae counterfactual" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    out = tmp_path / "cf"
+    args = ["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--steps", "2", "-o", str(out)]
+    assert main(args) == 0 and main(args) == 0  # an earlier output of the command is replaced
 
 
 def test_sample_command(tiny_run, tmp_path):
     out = tmp_path / "s"
-    assert main(["sample", "--run", str(tiny_run), "--n", "4", "--do", "b=0.5", "--steps", "5", "-o", str(out)]) == 0
+    assert main(["sample", "--run", str(tiny_run), "--n", "20", "--do", "b=0.5", "--steps", "2", "-o", str(out)]) == 0
     table = pd.read_csv(out / "labels.csv")
-    assert len(table) == 4 and len(list((out / "images").glob("*.png"))) == 4
+    assert len(table) == 20 and len(list((out / "images").glob("*.png"))) == 20
+    grid = Image.open(out / "grid.png")
+    assert grid.height > 3 * 48 and grid.width < 9 * 50 + 150  # 8 per row: three rows
+    assert json.loads((out / "query.json").read_text())["do"] == {"b": {"set": 0.5}}
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--do", "c=1"], "unknown node 'c'"),
     (["--do", "a=big"], "malformed --do 'a=big'"),
+    (["--do", "a=+1"], "'a=+1' is ambiguous"),
+    (["--strength", "-1"], "argument --strength: must be >= 0, got -1"),
 ])
 def test_bad_queries_exit_2_and_leave_no_output(tiny_run, image_files, tmp_path, capsys, extra, message):
     out = tmp_path / "cf"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from causaldiffae import counterfactual as cf
-from causaldiffae.errors import DataError, InterventionError
+from causaldiffae.errors import CausalDiffAEWarning, DataError, InterventionError
 from causaldiffae.model import CausalDiffAE
 
 from tiny import tiny_dataset
@@ -52,20 +52,35 @@ def test_intervention_changes_the_node_and_its_descendants_only(model, images):
 
 
 def test_interventions_move_the_image_in_the_right_direction(model, images):
-    right, left = slice(10, 16), slice(0, 6)  # the right half shows b, the left half a
+    """Raising a brightens the half of the image that shows a, in every image alike, and a larger
+    guidance weight strengthens it.
 
-    def shift(strength):
-        lo = model.counterfactual(images, do={"b": -0.8}, steps=20, strength=strength).images
-        hi = model.counterfactual(images, do={"b": 0.8}, steps=20, strength=strength).images
-        return float(hi[..., right].mean() - lo[..., right].mean()), float((hi[..., left] - lo[..., left]).mean().abs())
+    The bounds are what must hold, not one machine's figures (CPUs differ in their float rounding,
+    which changes the tiny model's training trajectory as much as another seed does): the move is
+    positive and consistent across the 8 images (mean / standard error > 2, a one-sided test at about
+    5%: a decoder that ignored the latents would pass it by chance once in ~20), and w = 3 moves
+    further than w = 1. Over six training seeds (``experiments/tiny_fixture_seeds.py``,
+    docs/benchmarks.md) mean / SE was >= 3.1 and w = 3 moved >= 2.3x as far as w = 1.
 
-    b_region, a_region = shift(1.0)
-    assert b_region > 0.1, "raising b did not brighten the region that shows b"
-    # the tiny 300-step model leaks part of the change into a's half (measured b 0.27, a 0.18 with this
-    # fixture; 0.29 / 0.19 when trained channels_last); a's region must still move clearly less
-    assert b_region > 1.3 * a_region, "do(b) moved the region of a (not a descendant) as much as b's own"
-    stronger, _ = shift(3.0)
-    assert stronger > b_region + 0.1, "a larger guidance weight did not strengthen the intervention"
+    Not asserted, on purpose: how do(b) moves the image. In this world b = 0.8 a + 0.2 e, so
+    do(b = +-0.8) leaves the joint support for most images, and the 300-step model's answer there
+    depends on the seed (b's half moved 0.03 to 0.26, a's half -0.11 to 0.20): the test that did
+    assert it failed on one CPU and passed on another. That non-descendants are left unchanged is
+    asserted exactly, on the latents, by test_intervention_changes_the_node_and_its_descendants_only.
+    """
+    left = slice(0, 6)  # a is shown in the left half (columns 0-7); keep away from the edge
+
+    def move(strength: float) -> torch.Tensor:
+        lo = model.counterfactual(images, do={"a": -0.8}, steps=20, strength=strength).images
+        hi = model.counterfactual(images, do={"a": 0.8}, steps=20, strength=strength).images
+        return (hi - lo)[..., left].mean(dim=(1, 2, 3))  # (B,) brightness change of a's half
+
+    plain = move(1.0)
+    t = float(plain.mean() / (plain.std() / plain.numel() ** 0.5))
+    assert float(plain.mean()) > 0 and t > 2, f"raising a did not brighten a's half consistently: {plain.tolist()}"
+    stronger = move(3.0)
+    assert float(stronger.mean()) > float(plain.mean()), (
+        f"a larger guidance weight did not strengthen the intervention ({plain.mean():.3f} -> {stronger.mean():.3f})")
 
 
 def test_batched_and_per_image_interventions_agree(model, images):
@@ -100,7 +115,14 @@ def test_bad_queries_get_clear_errors(model, images):
         model.counterfactual(images, do={"a": [1.0, 2.0, 3.0]})
     with pytest.raises(DataError, match=r"shape \(2, 3, 8, 8\).*\(B, 3, 16, 16\)"):
         model.counterfactual(torch.zeros(2, 3, 8, 8), do={})
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
+    with pytest.warns(CausalDiffAEWarning, match=r"do\(a=5\) gives a = 5, outside its training range \[-0.9, 0.9\]"):
         cf.check_do(model, {"a": 5.0}, 8, {"a": (-0.9, 0.9)})
-    assert any("outside the training range of a" in str(x.message) for x in w)
+    # a shift is checked on the values it gives the images
+    factual = torch.tensor([[0.0, 0.0], [0.5, 0.4]])
+    with pytest.warns(CausalDiffAEWarning, match=r"do\(a\+=0.6\) gives a = 0.6..1.1, .* for 1 of 2 images"):
+        cf.check_do(model, {"a": cf.Shift(0.6)}, 2, {"a": (-0.9, 0.9)}, factual=factual)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cf.check_do(model, {"a": cf.Shift(0.3)}, 2, {"a": (-0.9, 0.9)}, factual=factual)  # stays inside: silent
+    with pytest.warns(CausalDiffAEWarning, match=r"do\(a-=2\)"):  # and in a query, from the abducted labels
+        model.counterfactual(images[:2], do={"a": cf.Shift(-2)}, steps=2, value_range={"a": (-0.9, 0.9)})

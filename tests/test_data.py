@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from causaldiffae.data import (ImageLabelDataset, generate_dataset, load_causal_
                                load_image_files, load_npz, open_dataset)
 from causaldiffae.data.pendulum import (PENDULUM_COLUMNS, pendulum_grid, pendulum_structural, render_pendulum,
                                         sample_pendulum, split_pendulum, true_counterfactual)
-from causaldiffae.errors import DataError
+from causaldiffae.errors import CausalDiffAEWarning, DataError
 
 
 # ------------------------------------------------------------------ Pendulum
@@ -106,8 +107,45 @@ def test_users_folder_with_missing_labels(tmp_path):
     assert x.shape == (2, 3, 8, 8) and float(x.min()) >= -1 and float(x.max()) <= 1
     assert float(x[1].mean()) == pytest.approx(60 / 127.5 - 1, abs=1e-6)
     assert np.isnan(float(y[1, 1]))
-    resized = load_folder(folder, ["a", "b"], size=4)
+    with pytest.warns(CausalDiffAEWarning, match=r"resized 4 of 4 images to 4x4; sizes found: 8x8: 4"):
+        resized = load_folder(folder, ["a", "b"], size=4)
     assert resized.size == 4
+
+
+def test_label_table_with_spaces_reads_as_users_expect(tmp_path):
+    folder = _write_folder(tmp_path, [{"file": f"im{i}.png", "a": i, "b": i} for i in range(3)])
+    # hand-written CSV: spaces after commas, around headers, around numbers; a cell of spaces is empty
+    (folder / "labels.csv").write_text("file , a ,b , split\n im0.png , 1.5 ,  , train\nim1.png,2, 3 ,test \n im2.png ,-4,5e-1, train\n")
+    ds = load_folder(folder, ["a", "b"])
+    np.testing.assert_allclose(ds.labels[:, 0], [1.5, 2, -4])
+    assert np.isnan(ds.labels[0, 1]) and ds.labels[1:, 1].tolist() == [3, 0.5]
+    assert len(load_folder(folder, ["a", "b"], split="train")) == 2  # " train" and "train" are one split
+    from causaldiffae.graph import load_label_table
+
+    table = load_label_table(folder / "labels.csv")
+    assert list(table.columns) == ["file", "a", "b", "split"] and table["a"].dtype.kind == "f"
+    (folder / "labels.csv").write_text("file,a,a \nim0.png,1,2\n")
+    with pytest.raises(DataError, match=r"column\(s\) \['a'\] appear more than once"):
+        load_folder(folder, ["a"])
+    (folder / "labels.csv").write_bytes(bytes(range(256)) * 4)  # not text
+    with pytest.raises(DataError, match="cannot read .*labels.csv as a CSV label table"):
+        load_folder(folder, ["a"])
+
+
+def test_images_of_mixed_sizes_are_resized_only_with_a_message(tmp_path):
+    folder = _write_folder(tmp_path, [{"file": f"im{i}.png", "a": i} for i in range(3)])
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(folder / "im2.png")  # one non-square, smaller image
+    with pytest.raises(DataError, match="images of mixed sizes: im0.png is \\(8, 8, 3\\), im2.png is \\(6, 10, 3\\)"):
+        load_folder(folder, ["a"])
+    with pytest.warns(CausalDiffAEWarning, match=r"resized 1 of 3 images to 8x8 \(non-square ones centre-cropped first\); "
+                                                 r"sizes found: 10x6: 1"):
+        ds = load_folder(folder, ["a"], size=8)
+    assert ds.size == 8 and len(ds) == 3
+    (tmp_path / "same").mkdir()
+    same = _write_folder(tmp_path / "same", [{"file": "im0.png", "a": 1}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # images that already have the size: no message
+        load_folder(same, ["a"], size=8)
 
 
 def test_label_fraction_is_a_fixed_seeded_subset():

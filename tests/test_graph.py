@@ -194,8 +194,9 @@ def test_check_accepts_true_graph_and_reports_violations_of_a_wrong_one():
     table.loc[[3, 7], "light"] = np.nan
     true = CausalGraph.load("pendulum")
     rep = check(true, table, n_permutations=10)
-    assert rep.falsified is False and rep.n_dropped == 2 and rep.n_rows == 198
-    assert "not rejected" in rep.summary and "no local Markov violations" in str(rep)
+    assert rep.falsified is False and rep.rejected is False and rep.n_dropped == 2 and rep.n_rows == 198
+    assert rep.summary.startswith("Not rejected: the data contradicts none of the")
+    assert "no local Markov violations" in str(rep)
     # Wrong: makes angle and light (independent in the data) common effects of the shadow's length and
     # position, so it claims angle _||_ light | shadows, which the collider in the data breaks.
     wrong = CausalGraph.from_networkx(nx.DiGraph([("shadow_length", "angle"), ("shadow_length", "light"),
@@ -205,6 +206,10 @@ def test_check_accepts_true_graph_and_reports_violations_of_a_wrong_one():
     assert frozenset(("angle", "light")) in pairs
     assert any(v.given == ["shadow_length", "shadow_position"] for v in bad.violations)
     assert "local Markov violations" in str(bad) and "is not independent of" in str(bad)
+    # the headline says so whatever DoWhy's coarser permutation verdict is, and so does `rejected`
+    assert bad.rejected is True
+    assert bad.summary.startswith(f"REJECTED: violations found: the data contradicts {len(bad.violations)} of the "
+                                  f"{bad.n_tests} local Markov conditions")
 
 
 def test_check_data_errors(tmp_path):

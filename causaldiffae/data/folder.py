@@ -8,12 +8,15 @@ Folder format::
       ...
 
 An optional ``split`` column (``train``/``test``) selects a split. Other columns are kept as
-per-image metadata (``dataset.extra``).
+per-image metadata (``dataset.extra``). Spaces around headers and cells are ignored (``a, b`` reads
+as columns ``a`` and ``b``; a cell of spaces is an empty cell). Images of other sizes than the one
+asked for are resized, with one warning saying how many and from which sizes.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from causaldiffae.data.dataset import ImageLabelDataset
-from causaldiffae.errors import DataError
+from causaldiffae.errors import CausalDiffAEWarning, DataError
 
 CIRCUIT_COLUMNS = ["arm", "blue", "green", "red"]
 
@@ -40,6 +43,37 @@ def _numeric_labels(table: pd.DataFrame, columns: Sequence[str], where: str) -> 
             raise DataError(f"{where}: column {c!r} has a non-numeric value {table[c].iloc[row]!r} (row {row + 2} of the file)")
         out[:, j] = col.to_numpy(dtype=np.float32)
     return out
+
+
+def read_label_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a label CSV as users write them: spaces around headers and cells are dropped, a cell
+    holding only spaces is empty (missing), and numbers stored with spaces stay numbers.
+
+    Raises DataError when the file is missing, not text, not a CSV, empty, or has two columns of
+    the same name once spaces are dropped.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"label table {str(p)!r} not found")
+    if p.is_dir():
+        raise DataError(f"label table {str(p)!r} is a folder, not a CSV file")
+    try:
+        table = pd.read_csv(p, skipinitialspace=True, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"cannot read {p} as a CSV label table: {' '.join(str(e).split())}") from None
+    names = [str(c).strip() for c in table.columns]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{p}: column(s) {dup} appear more than once (spaces around headers are ignored)")
+    table.columns = names
+    table = table.apply(lambda col: col.str.strip()).replace({"": np.nan, "nan": np.nan, "NaN": np.nan, "NA": np.nan})
+    for c in table.columns:  # numeric columns become numbers, as pandas would read them without the spaces
+        if c in ("file", "split"):
+            continue
+        converted = pd.to_numeric(table[c], errors="coerce")
+        if converted.notna().sum() == table[c].notna().sum():
+            table[c] = converted
+    return table
 
 
 def read_image(path: Path, channels: int | None = None) -> np.ndarray:
@@ -100,10 +134,7 @@ def load_folder(folder: str | os.PathLike, columns: Sequence[str], size: int | N
         raise DataError(f"data folder {folder} does not exist")
     if not csv.exists():
         raise DataError(f"{folder} has no labels.csv (expected a 'file' column and one column per graph node)")
-    try:
-        table = pd.read_csv(csv)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot parse {csv}: {e}") from None
+    table = read_label_csv(csv)
     if "file" not in table.columns:
         raise DataError(f"{csv} has no 'file' column; columns present: {list(table.columns)}")
     if split is not None and "split" in table.columns:
@@ -111,13 +142,19 @@ def load_folder(folder: str | os.PathLike, columns: Sequence[str], size: int | N
         if table.empty:
             raise DataError(f"{csv} has no rows with split == {split!r}")
     labels = _numeric_labels(table, columns, str(csv))
+    if table["file"].isna().any():
+        row = int(np.flatnonzero(table["file"].isna().to_numpy())[0])
+        raise DataError(f"{csv}: row {row + 2} has an empty 'file' cell")
     images = []
     shape = None
+    resized: dict[tuple[int, int], int] = {}
     for f in table["file"]:
         arr = read_image(folder / str(f), channels)
         if size is not None and arr.shape[:2] != (size, size):
             from causaldiffae.data.dataset import resize_images
 
+            key = (arr.shape[1], arr.shape[0])
+            resized[key] = resized.get(key, 0) + 1
             arr = resize_images(arr[None], size)[0]
         if shape is None:
             shape, first = arr.shape, f
@@ -126,6 +163,11 @@ def load_folder(folder: str | os.PathLike, columns: Sequence[str], size: int | N
             raise DataError(f"{folder}: images of mixed {what}: {first} is {shape}, {f} is {arr.shape}; "
                             f"pass size=... (resize) and channels=... (convert)")
         images.append(arr)
+    if resized:
+        sizes = ", ".join(f"{w}x{h}: {k}" for (w, h), k in sorted(resized.items(), key=lambda kv: -kv[1]))
+        crop = " (non-square ones centre-cropped first)" if any(w != h for w, h in resized) else ""
+        warnings.warn(f"{folder}: resized {sum(resized.values())} of {len(images)} images to {size}x{size}{crop}; "
+                      f"sizes found: {sizes}", CausalDiffAEWarning, stacklevel=2)
     extra = table.drop(columns=[c for c in columns if c in table.columns])
     return ImageLabelDataset(np.stack(images), labels, columns, extra=extra.reset_index(drop=True))
 

@@ -66,21 +66,32 @@ def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int |
                 return out
         except json.JSONDecodeError:
             pass
-    if out.exists():
-        if not meta.exists() and any(out.iterdir()) and not (out / "labels.csv").exists() and not (out / "images").exists():
-            raise DataError(f"{out} exists and is not a generated data set; choose another --out")
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; --out must be a folder")
+    if out.is_dir() and not meta.exists() and any(out.iterdir()):
+        # only a folder this function wrote (it has generator.json) is ever replaced: never the user's own data
+        raise DataError(f"{out} exists and is not a generated data set (no generator.json); choose another --out")
     table = sim.dataset_table(n, seed)
     render = sim.render
-    (out / "images").mkdir(parents=True)
-    files = [f"images/{i:05d}.png" for i in range(len(table))]
-    for s in tqdm(range(0, len(table), chunk), desc=f"generate {name}", disable=not progress, unit="chunk"):
-        imgs = render(table.iloc[s : s + chunk].reset_index(drop=True))
-        for k, img in enumerate(imgs):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / files[s + k])
-    table.insert(0, "file", files)
-    table.to_csv(out / "labels.csv", index=False)
-    meta.write_text(json.dumps(params, indent=2))
+    # written into a hidden sibling and moved into place at the end: an interrupted run leaves no half set
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "images").mkdir(parents=True)
+        files = [f"images/{i:05d}.png" for i in range(len(table))]
+        for s in tqdm(range(0, len(table), chunk), desc=f"generate {name}", disable=not progress, unit="chunk"):
+            imgs = render(table.iloc[s : s + chunk].reset_index(drop=True))
+            for k, img in enumerate(imgs):
+                Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / files[s + k])
+        table.insert(0, "file", files)
+        table.to_csv(tmp / "labels.csv", index=False)
+        (tmp / "generator.json").write_text(json.dumps(params, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
     return out
 
 
