@@ -33,7 +33,7 @@ def measure(seed: int, steps: int, out: Path) -> dict[str, float]:
     torch.manual_seed(0)
     run = out / f"seed{seed}"
     train(tiny_graph(), tiny_dataset(128), run,
-          tiny_run_config(steps=steps, warmup_steps=50, ema_decay=0.95, seed=seed), progress=False)
+          tiny_run_config(steps=steps, legacy=True, warmup_steps=50, ema_decay=0.95, seed=seed), progress=False)
     model, _ = CausalDiffAE.load(run)
     images, _ = tiny_dataset(8, seed=1).batch(torch.arange(8))
     right, left = slice(10, 16), slice(0, 6)  # b's half, a's half
