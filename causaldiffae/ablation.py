@@ -297,11 +297,11 @@ def train_command(sweep: Sweep, spec: RunSpec, resume: bool = False) -> str:
     run = sweep.run_dir(spec)
     if resume:
         args = ["causaldiffae", "train", "--resume", str(run), "--graph", sweep.graph, "--data", sweep.data,
-                "--steps", str(sweep.steps)]
+                "--steps", str(sweep.steps), "--check-images", "0"]
     else:
         args = ["causaldiffae", "train", "--graph", sweep.graph, "--data", sweep.data, "--config", str(sweep.train_config_path),
                 "--label-fraction", f"{spec.label_fraction:g}", "--seed", str(spec.seed), "--variant", spec.variant,
-                "--steps", str(sweep.steps), "--out", str(run)]
+                "--steps", str(sweep.steps), "--check-images", "0", "--out", str(run)]
     if sweep.device:
         args += ["--device", sweep.device]
     return " ".join(shlex.quote(a) for a in args)
@@ -470,9 +470,11 @@ def run_one(sweep: Sweep, spec: RunSpec, es: EvalSet, threads: int | None = None
         resume = step is not None
         if progress:
             print(("resuming " if resume else "training ") + f"{spec.name}: {train_command(sweep, spec, resume=resume)}", flush=True)
+        # overwrite: a run killed before its first checkpoint left only its log and config behind;
+        # check: the sweep scores every run itself, train's own held-out check would be spent twice
         pipeline.fit(sweep.graph, sweep.data, run_dir, config=None if resume else str(sweep.train_config_path), resume=resume,
-                     device=sweep.device, progress=progress, label_fraction=spec.label_fraction, seed=spec.seed,
-                     variant=spec.variant, steps=sweep.steps)
+                     device=sweep.device, progress=progress, overwrite=not resume, check=False,
+                     label_fraction=spec.label_fraction, seed=spec.seed, variant=spec.variant, steps=sweep.steps)
     results = score_run(run_dir, es, sweep.evaluation, device=sweep.device)
     rows = evaluation_rows(results, spec.name)
     _write_finished(marker, evaluation, rows, intended_source=results.get("intended_source"), steps=sweep.steps)

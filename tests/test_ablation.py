@@ -82,6 +82,10 @@ def test_sweep_on_a_users_folder_resumes_after_a_kill(tmp_path, monkeypatch, cap
     assert (runs / names[2] / "checkpoint.safetensors").exists()
     mtimes = {n: (runs / n / "checkpoint.safetensors").stat().st_mtime_ns for n in names[:3]}
 
+    # a run killed before its first checkpoint leaves only a log behind: it is started again from scratch
+    (runs / names[3]).mkdir(parents=True)
+    (runs / names[3] / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+
     # the rerun: nothing finished is retrained or rescored, the killed run is only scored, the last one trained
     monkeypatch.setattr(ablation, "score_run", real_score)
     trained.clear()
