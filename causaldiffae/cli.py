@@ -375,7 +375,12 @@ def _cf_parser(sub) -> None:
     p.add_argument("--resize", action="store_true", help="convert and resize --images to the model's size and channels")
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger; 0 ignores the latents)")
-    p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps for inversion and decoding")
+    p.add_argument("--steps", type=STEPS, default=None,
+                   help="DDIM decoding steps, and inversion steps unless --inversion-steps is given (default: the "
+                        "library's query defaults, 20; causaldiffae.counterfactual.DEFAULT_*)")
+    p.add_argument("--inversion-steps", type=STEPS, default=None, help="DDIM inversion steps, if not those of --steps")
+    p.add_argument("--guided-steps", type=_integer(0), default=None,
+                   help="apply --strength only at the first (highest-noise) this many decoding steps (default: all)")
     p.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="ddim: invert the decoder (keeps identity); noise: forward noising (a baseline)")
     p.add_argument("--refine", type=_integer(0), default=0, help="fixed-point corrections per DDIM inversion step (exacter abduction, slower)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the --data pick and of noise abduction")
@@ -399,7 +404,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("--n", type=COUNT, default=16, help="number of samples")
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger)")
-    p.add_argument("--steps", type=STEPS, default=20, help="DDIM decoding steps")
+    p.add_argument("--steps", type=STEPS, default=None, help="DDIM decoding steps (default: the library's query default, 20)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of u and x_T")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds earlier samples)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")

@@ -29,6 +29,37 @@ DoSpec = Mapping[str, Value]
 
 ABDUCTIONS = ("ddim", "noise")
 
+#: The default query settings, in one place: DDIM decoding steps, DDIM inversion steps (None: as
+#: many as decoding) and how many of the decoding steps, the highest-noise ones, apply the guidance
+#: weight (None: all). Chosen at the knee of the quality-against-cost curve in docs/benchmarks.md.
+DEFAULT_STEPS = 20
+DEFAULT_INVERSION_STEPS: int | None = None
+DEFAULT_GUIDED_STEPS: int | None = None
+
+
+def query_settings(steps: int | None = None, inversion_steps: int | None = None,
+                   guided_steps: int | None = None) -> tuple[int, int, int | None]:
+    """Resolve ``(decoding steps, inversion steps, guided steps)``; None takes the defaults above.
+
+    An explicit ``steps`` with no ``inversion_steps`` inverts with the same number of steps.
+    """
+    dec = DEFAULT_STEPS if steps is None else int(steps)
+    if inversion_steps is None:
+        inv = DEFAULT_INVERSION_STEPS if steps is None and DEFAULT_INVERSION_STEPS is not None else dec
+    else:
+        inv = int(inversion_steps)
+    guided = DEFAULT_GUIDED_STEPS if guided_steps is None and steps is None else guided_steps
+    return dec, inv, guided
+
+
+def forwards_per_image(steps: int | None = None, inversion_steps: int | None = None, guided_steps: int | None = None,
+                       strength: float = 1.0, refine: int = 0) -> int:
+    """Network evaluations per image of one :func:`counterfactual` query with these settings
+    (a guided decoding step evaluates the conditional and the null pass)."""
+    dec, inv, guided = query_settings(steps, inversion_steps, guided_steps)
+    n_guided = 0 if strength == 1 else (dec if guided is None else min(guided, dec))
+    return inv * (1 + refine) + dec + n_guided
+
 
 @dataclass(frozen=True)
 class Shift:
@@ -152,7 +183,7 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
 # --------------------------------------------------------------------------- the three steps
 @torch.no_grad()
 def abduct(
-    model, images: torch.Tensor, steps: int = 20, method: str = "ddim", seed: int | None = 0, max_batch: int = 64,
+    model, images: torch.Tensor, steps: int | None = None, method: str = "ddim", seed: int | None = 0, max_batch: int = 64,
     progress: bool = False, refine: int = 0,
 ) -> Abduction:
     """Abduction: recover ``u``, ``z`` and ``x_T`` from factual images.
@@ -160,7 +191,7 @@ def abduct(
     Args:
         model: a trained CausalDiffAE (use its EMA weights, eval mode).
         images: ``(B, C, H, W)`` in [-1, 1] with the model's channels and size.
-        steps: DDIM inversion steps.
+        steps: DDIM inversion steps (default: the query default, see :func:`query_settings`).
         method: "ddim" inverts the decoder deterministically (identity is preserved); "noise"
             reproduces the reference code: ``x_T = q_sample(x, T - 1)`` with fresh noise.
         seed: seeds the forward noise of ``method="noise"``.
@@ -175,6 +206,8 @@ def abduct(
     """
     if method not in ABDUCTIONS:
         raise InterventionError(f"abduction must be one of {ABDUCTIONS}, got {method!r}")
+    if steps is None:
+        steps = query_settings()[1]
     model.check_images(images)
     dev = _device(model)
     images = images.to(dev, torch.float32)
@@ -254,29 +287,33 @@ def intervene(model, abduction: Abduction, do: DoSpec, value_range: Mapping[str,
 
 
 @torch.no_grad()
-def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, max_batch: int = 64,
-            progress: bool = False, guidance: str | None = None) -> torch.Tensor:
+def predict(model, abduction: Abduction, z: torch.Tensor, strength: float = 1.0, steps: int | None = None, max_batch: int = 64,
+            progress: bool = False, guidance: str | None = None, guided_steps: int | None = None) -> torch.Tensor:
     """Prediction: DDIM-decode ``x_T`` under latents ``z`` with guidance weight ``strength`` -> ``(B, C, H, W)``.
 
     ``guidance``: what ``strength`` amplifies against, "null" (the null condition) or "factual"
     (the abducted latents ``abduction.z``: only the change ``z -> z'`` is amplified, and a null query
     stays the identity at every strength); None = the model's default (``config.guidance``).
+    ``guided_steps``: guide only the first (highest-noise) that many decoding steps (see
+    :meth:`~causaldiffae.diffusion.NoiseSchedule.ddim_sample`); with ``steps`` None both take the defaults.
     """
+    steps, _, guided_steps = query_settings(steps, None, guided_steps)
     mode = guidance or getattr(model.config, "guidance", "null")
     if mode not in ("null", "factual"):
         raise InterventionError(f"guidance must be 'null' or 'factual', got {mode!r}")
     ref = abduction.z if mode == "factual" else None
     return torch.cat([
         model.schedule.ddim_sample(model.denoiser(), abduction.x_T[s], z[s], steps=steps, guidance=strength, progress=progress,
-                                   reference=None if ref is None else ref[s])
+                                   reference=None if ref is None else ref[s], guided_steps=guided_steps)
         for s in _chunks(z.shape[0], max_batch)
     ]).clamp(-1, 1)
 
 
 def counterfactual(
-    model, images: torch.Tensor, do: DoSpec | None = None, strength: float = 1.0, steps: int = 20,
+    model, images: torch.Tensor, do: DoSpec | None = None, strength: float = 1.0, steps: int | None = None,
     abduction: str = "ddim", seed: int | None = 0, max_batch: int = 64, progress: bool = False,
     value_range: Mapping[str, tuple[float, float]] | None = None, refine: int = 0, guidance: str | None = None,
+    inversion_steps: int | None = None, guided_steps: int | None = None,
 ) -> CounterfactualResult:
     """Answer "what would these images look like under ``do``?" (abduction, action, prediction).
 
@@ -287,18 +324,25 @@ def counterfactual(
             callable on the factual label value (a shift, e.g. ``lambda v: v + 10``). ``{}`` or
             None reproduces the input (up to the reconstruction error).
         strength: guidance weight w (1: the conditional model; >1 strengthens the intervention).
-        steps: DDIM steps for both inversion and decoding.
+        steps: DDIM decoding steps, and inversion steps unless ``inversion_steps`` is given
+            (None: the defaults of :func:`query_settings`).
         abduction: "ddim" or "noise" (reference baseline).
         seed: makes "noise" abduction deterministic.
         refine: fixed-point corrections per DDIM inversion step (see :func:`abduct`).
         guidance: "null" or "factual" reference for ``strength`` (see :func:`predict`); None = the model's default.
+        inversion_steps: DDIM inversion steps, if different from ``steps``.
+        guided_steps: apply the guidance weight at the first (highest-noise) that many decoding
+            steps only (None: all, when ``steps`` is given; else the default).
+
+    The query costs :func:`forwards_per_image` network evaluations per image.
     """
     do = dict(do or {})
-    ab = abduct(model, images, steps=steps, method=abduction, seed=seed, max_batch=max_batch, progress=progress,
+    dec, inv, guided = query_settings(steps, inversion_steps, guided_steps)
+    ab = abduct(model, images, steps=inv, method=abduction, seed=seed, max_batch=max_batch, progress=progress,
                 refine=refine)
     z_cf = intervene(model, ab, do, value_range)
-    x_cf = predict(model, ab, z_cf, strength=strength, steps=steps, max_batch=max_batch, progress=progress,
-                   guidance=guidance)
+    x_cf = predict(model, ab, z_cf, strength=strength, steps=dec, max_batch=max_batch, progress=progress,
+                   guidance=guidance, guided_steps=guided)
     return CounterfactualResult(
         images=x_cf.cpu(), factual_images=ab.images.cpu(), z_factual=ab.z.cpu(), z_counterfactual=z_cf.cpu(),
         labels_factual=model.predict_labels(ab.z).cpu(), labels_counterfactual=model.predict_labels(z_cf).cpu(),
@@ -308,13 +352,14 @@ def counterfactual(
 
 @torch.no_grad()
 def sample(
-    model, n: int, do: DoSpec | None = None, strength: float = 1.0, steps: int = 20, seed: int | None = 0, max_batch: int = 64,
+    model, n: int, do: DoSpec | None = None, strength: float = 1.0, steps: int | None = None, seed: int | None = 0, max_batch: int = 64,
     progress: bool = False, value_range: Mapping[str, tuple[float, float]] | None = None,
 ) -> CounterfactualResult:
     """Interventional samples: ``u ~ N(0, I)``, ``z = SCM(u)`` under ``do``, random ``x_T``, DDIM decoding.
 
     ``value_range`` (the training labels' range) makes values outside it warn, as in :func:`counterfactual`.
     """
+    steps = query_settings(steps)[0]
     dev = _device(model)
     g = _generator(seed, dev)
     u = torch.randn((n, model.graph.latent_dim), generator=g, device=dev)
@@ -332,10 +377,12 @@ def sample(
 
 
 @torch.no_grad()
-def reconstruct(model, images: torch.Tensor, steps: int = 20, max_batch: int = 64, refine: int = 0) -> torch.Tensor:
+def reconstruct(model, images: torch.Tensor, steps: int | None = None, max_batch: int = 64, refine: int = 0,
+                inversion_steps: int | None = None) -> torch.Tensor:
     """DDIM-invert then decode with the factual latents: ``(B, C, H, W) -> (B, C, H, W)``."""
-    ab = abduct(model, images, steps=steps, max_batch=max_batch, refine=refine)
-    return predict(model, ab, ab.z, steps=steps, max_batch=max_batch)
+    dec, inv, _ = query_settings(steps, inversion_steps)
+    ab = abduct(model, images, steps=inv, max_batch=max_batch, refine=refine)
+    return predict(model, ab, ab.z, steps=dec, max_batch=max_batch)
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -347,8 +394,9 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolate(model, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int = 20) -> torch.Tensor:
+def interpolate(model, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int | None = None) -> torch.Tensor:
     """Walk between two real images: u and z linearly, x_T spherically. Returns ``(n, C, H, W)``."""
+    steps = query_settings(steps)[0]
     pair = torch.stack([image_a.reshape(model.image_shape), image_b.reshape(model.image_shape)])
     ab = abduct(model, pair, steps=steps)
     w = torch.linspace(0, 1, n, device=ab.z.device).view(-1, 1)

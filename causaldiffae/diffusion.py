@@ -165,7 +165,8 @@ class NoiseSchedule:
 
     def ddim_sample(self, model: EpsModel, x_T: Tensor, cond: Tensor | None, steps: int = 50,
                     eta: float = 0.0, guidance: float = 1.0, generator: torch.Generator | None = None,
-                    progress: bool = False, clip: bool = True, reference: Tensor | None = None) -> Tensor:
+                    progress: bool = False, clip: bool = True, reference: Tensor | None = None,
+                    guided_steps: int | None = None) -> Tensor:
         """DDIM decoding ``x_T`` ``(B, C, H, W)`` -> ``x_0`` ``(B, C, H, W)`` in ``steps`` model calls.
 
         Visits the timesteps of :meth:`NoiseSchedule.ddim_timesteps` from ``T - 1`` down to 0, then to
@@ -176,16 +177,23 @@ class NoiseSchedule:
         ``1 / sqrt(a_t)`` (~150 at the end of the chain), and unclipped estimates far outside the
         data range drive the trajectory off the data manifold. ``reference`` ``(B, D)`` (the factual
         latents of a counterfactual) makes guidance run against it (see :func:`guided_eps`).
+
+        ``guided_steps = k`` applies the guidance weight only at the first ``k`` (highest-noise)
+        steps and decodes the rest with the plain conditional model (w = 1): a guided step costs
+        two network passes, an unguided one a single pass. ``None`` guides every step.
         """
         if eta < 0:
             raise ConfigError(f"DDIM: eta must be >= 0, got {eta}")
+        if guided_steps is not None and guided_steps < 0:
+            raise ConfigError(f"DDIM: guided_steps must be >= 0 or None, got {guided_steps}")
         ts, wrap = self._steps( steps, progress, "DDIM decode")
         with torch.no_grad():
             x = x_T.float()
-            for i in wrap(range(len(ts) - 1, -1, -1)):
+            for k, i in enumerate(wrap(range(len(ts) - 1, -1, -1))):
                 a_t = self.alpha_bar(ts[i], x)
                 a_s = self.alpha_bar(ts[i - 1], x) if i > 0 else torch.ones_like(a_t)
-                x0, eps = self._predict(model, x, ts[i], a_t, cond, guidance, clip, reference)
+                w = guidance if guided_steps is None or k < guided_steps else 1.0
+                x0, eps = self._predict(model, x, ts[i], a_t, cond, w, clip, reference)
                 if eta > 0 and i > 0:
                     sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
                     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)

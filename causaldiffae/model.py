@@ -49,6 +49,9 @@ GUIDANCE_REFERENCES = ("null", "factual")
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample",
                                        "guidance": "null"}
 
+#: The UNet's precision when sampling (see :mod:`causaldiffae.precision` and ``docs/benchmarks.md``).
+INFERENCE_PRECISION = "auto"
+
 
 @dataclass
 class ModelConfig:
@@ -168,13 +171,19 @@ class CausalDiffAE(nn.Module):
         self.unet = UNet(config.unet, cond_dim=graph.latent_dim, null_cond=config.null_cond)
         self.schedule = NoiseSchedule(kind=config.schedule, num_timesteps=config.timesteps, prediction=config.prediction)
         self.inference_mode = "auto"
+        self.inference_precision = INFERENCE_PRECISION
         self._fast: Any = None
 
     # ------------------------------------------------------------------ fast inference
-    def set_inference_mode(self, mode: str = "auto") -> "CausalDiffAE":
+    def set_inference_mode(self, mode: str = "auto", precision: str | None = None) -> "CausalDiffAE":
         """Choose how the UNet runs when sampling: "auto" (the fastest mode that matches fp32 eager
-        within tolerance), "eager", "channels_last", "jit" or "compile" (see ``docs/decoder.md``)."""
+        within tolerance), "eager", "channels_last", "jit" or "compile" (see ``docs/decoder.md``);
+        ``precision`` "fp32", "bf16" or "auto" (see :mod:`causaldiffae.precision`; None keeps it)."""
+        from causaldiffae.precision import check_precision
+
         self.inference_mode = mode
+        if precision is not None:
+            self.inference_precision = check_precision(precision)
         self._fast = None
         return self
 
@@ -183,10 +192,10 @@ class CausalDiffAE(nn.Module):
 
         The copy is rebuilt after :meth:`train` or :meth:`load_state_dict`, so it never serves stale weights.
         """
-        if self.training or self.inference_mode == "eager":
+        if self.training or (self.inference_mode == "eager" and self.inference_precision == "fp32"):
             return self.unet
         if self._fast is None:
-            self._fast = self.unet.prepare_for_inference(self.inference_mode)
+            self._fast = self.unet.prepare_for_inference(self.inference_mode, precision=self.inference_precision)
         return self._fast
 
     def train(self, mode: bool = True) -> "CausalDiffAE":
@@ -355,7 +364,7 @@ class CausalDiffAE(nn.Module):
         """
         return load_model(run_or_checkpoint, graph=graph, device=device, ema=ema)
 
-    def abduct(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", **kw: Any):
+    def abduct(self, images: torch.Tensor, steps: int | None = None, method: str = "ddim", **kw: Any):
         """See :func:`causaldiffae.counterfactual.abduct`."""
         from causaldiffae import counterfactual as cf
 
@@ -367,25 +376,25 @@ class CausalDiffAE(nn.Module):
 
         return cf.intervene(self, abduction, do)
 
-    def predict(self, abduction, z: torch.Tensor, strength: float = 1.0, steps: int = 20, **kw: Any) -> torch.Tensor:
+    def predict(self, abduction, z: torch.Tensor, strength: float = 1.0, steps: int | None = None, **kw: Any) -> torch.Tensor:
         """See :func:`causaldiffae.counterfactual.predict`."""
         from causaldiffae import counterfactual as cf
 
         return cf.predict(self, abduction, z, strength=strength, steps=steps, **kw)
 
-    def counterfactual(self, images: torch.Tensor, do=None, strength: float = 1.0, steps: int = 20, **kw: Any):
+    def counterfactual(self, images: torch.Tensor, do=None, strength: float = 1.0, steps: int | None = None, **kw: Any):
         """See :func:`causaldiffae.counterfactual.counterfactual`."""
         from causaldiffae import counterfactual as cf
 
         return cf.counterfactual(self, images, do=do, strength=strength, steps=steps, **kw)
 
-    def sample(self, n: int, do=None, strength: float = 1.0, steps: int = 20, **kw: Any):
+    def sample(self, n: int, do=None, strength: float = 1.0, steps: int | None = None, **kw: Any):
         """See :func:`causaldiffae.counterfactual.sample`."""
         from causaldiffae import counterfactual as cf
 
         return cf.sample(self, n, do=do, strength=strength, steps=steps, **kw)
 
-    def reconstruct(self, images: torch.Tensor, steps: int = 20, **kw: Any) -> torch.Tensor:
+    def reconstruct(self, images: torch.Tensor, steps: int | None = None, **kw: Any) -> torch.Tensor:
         """See :func:`causaldiffae.counterfactual.reconstruct`."""
         from causaldiffae import counterfactual as cf
 
@@ -399,7 +408,7 @@ class CausalDiffAE(nn.Module):
             return self.schedule.ddim_sample(self.denoiser(), x_T, z, steps=steps, guidance=strength,
                                              reference=reference).clamp(-1, 1)
 
-    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int = 20) -> torch.Tensor:
+    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, steps: int | None = None) -> torch.Tensor:
         """See :func:`causaldiffae.counterfactual.interpolate`."""
         from causaldiffae import counterfactual as cf
 

@@ -388,9 +388,9 @@ class UNet(nn.Module):
                 h = attn(res(torch.cat([h, hs.pop()], dim=1), temb, z))
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def prepare_for_inference(self, mode: str = "auto", example_batch: int = 2) -> "FastUNet":
+    def prepare_for_inference(self, mode: str = "auto", example_batch: int = 2, precision: str = "fp32") -> "FastUNet":
         """A frozen, faster copy for sampling (see :class:`FastUNet`). Call again after more training."""
-        return FastUNet(self, mode=mode, example_batch=example_batch)
+        return FastUNet(self, mode=mode, example_batch=example_batch, precision=precision)
 
 
 # ----------------------------------------------------------------------------------------- fast inference
@@ -411,14 +411,20 @@ class FastUNet(nn.Module):
             batch sizes (1.25-1.4x eager; ``"jit"`` was no faster than eager there and ``"compile"``
             costs about a minute of compilation, see ``docs/benchmarks.md``).
 
-    Always computes in fp32 (bf16 autocast is slower on CPUs without bf16 hardware; see
-    ``docs/benchmarks.md``). Gradients are never tracked.
+    ``precision`` (see :mod:`causaldiffae.precision`): "fp32" (default) computes in float32;
+    "bf16" runs under bf16 autocast and returns float32; "auto" is "bf16" only where the device
+    has bf16 units (emulated bf16 is many times slower than fp32, see ``docs/benchmarks.md``).
+    Gradients are never tracked.
     """
 
-    def __init__(self, unet: UNet, mode: str = "auto", example_batch: int = 2, tol: float = 1e-3) -> None:
+    def __init__(self, unet: UNet, mode: str = "auto", example_batch: int = 2, tol: float = 1e-3,
+                 precision: str = "fp32") -> None:
         super().__init__()
         if mode not in _INFERENCE_MODES:
             raise ConfigError(f"FastUNet: mode must be one of {_INFERENCE_MODES}, got {mode!r}")
+        from causaldiffae.precision import resolve_precision
+
+        self.precision = resolve_precision(precision, next(unet.parameters()).device)
         self.unet = unet.eval()
         self.config, self.cond_dim = unet.config, unet.cond_dim
         self.mode, self.tol = mode, tol
@@ -460,7 +466,8 @@ class FastUNet(nn.Module):
         """Same contract as :meth:`UNet.forward`; runs without autograd."""
         check_images(x, self.config.in_channels, self.config.image_size, "FastUNet")
         b = x.shape[0]
-        with torch.inference_mode():
+        bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), bf16:
             t_, z = UNet.resolve_t(t, b, x.device), self.unet.resolve_cond(cond, cond_mask, b)
             x = x.float()
             if self._channels_last:
@@ -474,7 +481,7 @@ class FastUNet(nn.Module):
                     out = self._fn(x, t_, z)
             else:
                 out = self._fn(x, t_, z)
-        return out.clone(memory_format=torch.contiguous_format)  # a normal (non-inference) tensor
+        return out.float().clone(memory_format=torch.contiguous_format)  # a normal (non-inference) float32 tensor
 
 
 class _Core(nn.Module):

@@ -287,15 +287,20 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
     affected = model.scm.affected(do) if do else []
     print(f"intervened: {', '.join(do) or '(none)'}; changes: {', '.join(affected) or '(nothing)'}; "
           f"left as they were: {', '.join(n for n in model.graph.nodes if n not in affected) or '(none)'}")
-    query = {"run": str(args.run), "do": cf.do_to_json(do), "strength": args.strength, "steps": args.steps,
+    steps, inversion_steps, guided_steps = cf.query_settings(args.steps, getattr(args, "inversion_steps", None),
+                                                             getattr(args, "guided_steps", None))
+    query = {"run": str(args.run), "do": cf.do_to_json(do), "strength": args.strength, "steps": steps,
+             "inversion_steps": inversion_steps, "guided_steps": guided_steps,
              "abduction": args.abduction, "refine": args.refine, "seed": args.seed, "affected": affected,
              "sources": sources}
-    caption = (f"{cf.describe_do(do)}  strength {args.strength:g}  steps {args.steps}  abduction {args.abduction}"
+    caption = (f"{cf.describe_do(do)}  strength {args.strength:g}  steps {steps}"
+               + (f"/{inversion_steps} inverted" if inversion_steps != steps else "")
+               + (f"  guided {guided_steps}" if guided_steps is not None else "") + f"  abduction {args.abduction}"
                + (f"  refine {args.refine}" if args.refine else "") + f"  run {args.run}")
     with staging as tmp:
-        res = cf.counterfactual(model, images.to(args.device), do=do, strength=args.strength, steps=args.steps,
+        res = cf.counterfactual(model, images.to(args.device), do=do, strength=args.strength, steps=steps,
                                 abduction=args.abduction, seed=args.seed, progress=True, value_range=value_range,
-                                refine=args.refine)
+                                refine=args.refine, inversion_steps=inversion_steps, guided_steps=guided_steps)
         cf.save_images(res.images, tmp / "images", prefix="counterfactual")
         cf.difference_grid(res, tmp / "grid.png", caption=caption)
         table = res.to_dataframe()
@@ -316,15 +321,16 @@ def run_sample_command(args, do: Mapping[str, Any]) -> int:
     model, meta = CausalDiffAE.load(args.run, device=args.device)
     value_range = _value_range(meta)
     cf.check_do(model, do, args.n, value_range)
-    caption = f"samples of {cf.describe_do(do)}  strength {args.strength:g}  steps {args.steps}  seed {args.seed}  run {args.run}"
+    steps = cf.query_settings(args.steps)[0]
+    caption = f"samples of {cf.describe_do(do)}  strength {args.strength:g}  steps {steps}  seed {args.seed}  run {args.run}"
     with staging as tmp:
-        res = cf.sample(model, args.n, do=do, strength=args.strength, steps=args.steps, seed=args.seed, progress=True,
+        res = cf.sample(model, args.n, do=do, strength=args.strength, steps=steps, seed=args.seed, progress=True,
                         value_range=value_range)
         cf.save_images(res.images, tmp / "images", prefix="sample")
         cf.wrapped_grid(res.images, tmp / "grid.png", ncol=8, caption=caption, row_name="samples")
         res.to_dataframe().to_csv(tmp / "labels.csv", index=False)
         atomic_write_text(tmp / "query.json", json.dumps({
-            "run": str(args.run), "do": cf.do_to_json(do), "n": args.n, "strength": args.strength, "steps": args.steps,
+            "run": str(args.run), "do": cf.do_to_json(do), "n": args.n, "strength": args.strength, "steps": steps,
             "seed": args.seed, "affected": res.affected}, indent=2))
     print(f"wrote {args.out}/grid.png, {args.out}/labels.csv and {args.n} images", file=sys.stdout)
     return 0

@@ -1,70 +1,120 @@
 """Benchmark: counterfactual images per second (abduction by DDIM inversion + guided DDIM decoding).
 
-    python experiments/bench_counterfactual.py [--batch 64] [--size 32] [--steps 20] [--strength 1.5]
-        [--run RUN] [--repeat 2]
+    python experiments/bench_counterfactual.py [--batch 64] [--strength 1.5] [--model pendulum] [--repeat 3]
 
-With ``--run`` it times a trained model; otherwise a freshly initialised model with the default
-configuration on the shipped Pendulum graph (speed does not depend on the weights). It times the
-full query (encode, invert, intervene, decode with guidance) in the model's default (fastest)
-inference mode and in plain fp32 eager mode, and reports peak resident memory of this process.
+Times the full query (encode, invert, intervene, decode with guidance) on ``--batch`` images with a
+shipped (or ``--run``) model, in one process, the variants interleaved (A, B, C, A, B, C, ...) and
+the median reported, so that load from other processes hits them alike:
+
+- ``before``: the query as it ran before the query defaults were chosen on the quality-cost curve
+  (20 inversion + 20 decoding steps, guidance at every step: 60 network forwards per image), fp32,
+  channels_last;
+- ``before, eager``: the same in plain fp32 eager mode;
+- ``default``: the library's default query settings (``causaldiffae.counterfactual.DEFAULT_*``)
+  and inference precision (``causaldiffae.model.INFERENCE_PRECISION``);
+- ``fewer steps``: 10 inversion + 10 guided decoding steps (30 forwards per image), the cheaper
+  setting of the quality-cost curve in ``docs/benchmarks.md``, at the default precision.
+
+Then the default query runs alone in a fresh process, which reports its peak resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import resource
+import os
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _load(args):
+    from causaldiffae.model import CausalDiffAE
+
+    model, _ = CausalDiffAE.load(args.run or args.model)
+    return model
+
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    """Peak resident memory of this process (VmHWM, which exec resets; ru_maxrss would not)."""
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024**2
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--strength", type=float, default=1.5)
-    ap.add_argument("--run", default=None)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--model", default="pendulum", help="shipped model name")
+    ap.add_argument("--run", default=None, help="a run folder or checkpoint instead of --model")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    from causaldiffae.graph import CausalGraph
-    from causaldiffae.model import CausalDiffAE, ModelConfig
-    from causaldiffae.networks import UNetConfig
+    from causaldiffae import counterfactual as cf
+    from causaldiffae.model import INFERENCE_PRECISION
+    from causaldiffae.precision import resolve_precision
 
-    if args.run:
-        model, _ = CausalDiffAE.load(args.run)
-    else:
-        graph = CausalGraph.load("pendulum")
-        model = CausalDiffAE(graph, ModelConfig(unet=UNetConfig(image_size=args.size))).eval().requires_grad_(False)
-    images = torch.rand(args.batch, *model.image_shape) * 2 - 1
+    model = _load(args)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(args.batch, *model.image_shape, generator=g) * 2 - 1
     root = model.graph.roots[0]
     do = {root: float(model.graph.denormalise_value(root, 0.5))}
+    if args.memory_only:
+        model.counterfactual(images, do=do, strength=args.strength)
+        print(f"{peak_rss_gb():.3f}")
+        return
 
-    def run(mode: str) -> float:
-        model.set_inference_mode(mode)
-        model.counterfactual(images[:2], do=do, strength=args.strength, steps=2)  # warm-up / compile
-        best = float("inf")
-        for _ in range(args.repeat):
+    dec, inv, guided = cf.query_settings()
+    variants = {
+        "before (20 + 20 guided steps, fp32, channels_last)": ("auto", "fp32", dict(steps=20)),
+        "before, fp32 eager": ("eager", "fp32", dict(steps=20)),
+        f"default ({inv} + {dec} steps, {dec if guided is None else guided} guided, {INFERENCE_PRECISION})":
+            ("auto", INFERENCE_PRECISION, {}),
+        f"fewer steps (10 + 10 steps, {INFERENCE_PRECISION})": ("auto", INFERENCE_PRECISION, dict(steps=10)),
+    }
+    copies = {}
+    for name, (mode, precision, kw) in variants.items():
+        m = _load(args).set_inference_mode(mode, precision)
+        m.counterfactual(images[:2], do=do, strength=args.strength, **kw)  # warm-up
+        copies[name] = (m, kw)
+    nfe = {name: cf.forwards_per_image(kw.get("steps"), None, None, args.strength) for name, (_, _, kw) in variants.items()}
+    print(f"machine: {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, "
+          f"{os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"bf16 units: {resolve_precision('auto') == 'bf16'}, load avg {os.getloadavg()[0]:.1f}")
+    print(f"batch {args.batch}, {model.image_shape[1]}x{model.image_shape[2]}, guidance w={args.strength}, model "
+          f"{args.run or args.model}", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in copies}
+    for r in range(args.repeat):
+        for name, (m, kw) in copies.items():
             t0 = time.perf_counter()
-            model.counterfactual(images, do=do, strength=args.strength, steps=args.steps)
-            best = min(best, time.perf_counter() - t0)
-        return args.batch / best
-
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"batch {args.batch}, {args.size}x{args.size}, {args.steps} inversion + {args.steps} decoding steps, "
-          f"guidance w={args.strength} (cond + null passes batched)")
-    eager = run("eager")
-    print(f"fp32 eager:            {eager:7.2f} counterfactual images/s")
-    fast = run("auto")
-    print(f"default (fastest) mode: {fast:7.2f} counterfactual images/s  ({fast / eager:.2f}x eager; "
-          f"mode {model.inference_mode} -> {getattr(model.denoiser(), 'mode', 'eager')})")
-    print(f"peak resident memory:   {peak_rss_gb():.2f} GB")
+            m.counterfactual(images, do=do, strength=args.strength, **kw)
+            times[name].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{args.repeat}, load avg {os.getloadavg()[0]:.1f}", flush=True)
+    ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    first = next(iter(ips))
+    print("\n| query | forwards/image | counterfactual images/s (median) | vs before |\n|---|---|---|---|")
+    for k, v in ips.items():
+        print(f"| {k} | {nfe[k]} | {v:.2f} | {v / ips[first]:.2f}x |")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-only", "--batch", str(args.batch),
+                          "--strength", str(args.strength), "--model", args.model] + (["--run", args.run] if args.run else [])
+                         + (["--threads", str(args.threads)] if args.threads else []),
+                         capture_output=True, text=True, check=True).stdout.split()
+    print(f"\npeak resident memory of a default query on {args.batch} images (fresh process): {float(out[-1]):.2f} GB")
+    print(f"load avg after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@
 
 Timings are the best of ``--repeat`` rounds, the modes interleaved within each round, so that load
 from other processes on a shared machine distorts them as little as possible.
+
+With diffusers installed (``pip install causaldiffae[bench]``) it also times a peer: diffusers'
+``UNet2DModel`` with the same widths, depth, attention resolution and group count (its parameter
+count and FLOPs are printed beside ours), for inference and for training, interleaved with ours;
+training there is reported as the median of ``--steps`` interleaved steps.
 """
 
 from __future__ import annotations
@@ -83,6 +88,117 @@ def train_worker(config: str, batch: int, steps: int, device: str, channels_last
     print(f"{batch / best:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
+def peer_unet(cfg: UNetConfig):
+    """diffusers' UNet2DModel with our widths, depth, attention resolution and groups (None without diffusers).
+
+    Time conditioning by scale-shift group norm like ours; the latent enters as an "identity"
+    class embedding added to the time embedding (ours scales every block by it, slightly more work).
+    """
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        return None
+    n = len(cfg.channel_mult)
+    res = [cfg.image_size // 2**i for i in range(n)]
+    down = tuple("AttnDownBlock2D" if r in cfg.attention_resolutions else "DownBlock2D" for r in res)
+    up = tuple("AttnUpBlock2D" if r in cfg.attention_resolutions else "UpBlock2D" for r in reversed(res))
+    widths = tuple(cfg.base_channels * m for m in cfg.channel_mult)
+    attn_w = [w for w, r in zip(widths, res) if r in cfg.attention_resolutions] or [widths[-1]]
+    return UNet2DModel(sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.in_channels,
+                       block_out_channels=widths, layers_per_block=cfg.num_res_blocks, down_block_types=down,
+                       up_block_types=up, norm_num_groups=cfg.num_groups, attention_head_dim=attn_w[0] // cfg.num_heads,
+                       resnet_time_scale_shift="scale_shift", class_embed_type="identity")
+
+
+def peer_comparison(cfg: UNetConfig, batch: int, repeat: int, steps: int, device: str) -> None:
+    """Ours against diffusers' UNet2DModel: inference forwards/s and training images/s, interleaved."""
+    peer = peer_unet(cfg)
+    if peer is None:
+        print("\n(diffusers not installed: no peer comparison; pip install causaldiffae[bench])")
+        return
+    from causaldiffae.precision import resolve_precision
+
+    torch.manual_seed(0)
+    ours = UNet(cfg, COND_DIM).to(device)
+    peer = peer.to(device)
+    x, t, z = _inputs(cfg, batch, device)
+    zc = torch.randn(batch, peer.time_embedding.linear_2.out_features)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        peer(x[:1], t[:1], class_labels=zc[:1])
+    print(f"\npeer: diffusers UNet2DModel, {sum(p.numel() for p in peer.parameters()) / 1e6:.2f} M parameters, "
+          f"{fc.get_total_flops() / 1e9:.3f} GFLOP/image; ours {sum(p.numel() for p in ours.parameters()) / 1e6:.2f} M")
+    auto = resolve_precision("auto", device)
+    dev = device.split(":")[0]
+    peer_cl = peer_unet(cfg).to(device).to(memory_format=torch.channels_last)
+    peer_cl.load_state_dict(peer.state_dict())
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def peer_run(model, xx, bf16=False):
+        def run():
+            with torch.inference_mode(), torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+                return model(xx, t, class_labels=zc).sample
+        return run
+
+    ours_default = FastUNet(UNet(cfg, COND_DIM).to(device), mode="auto", precision="auto")
+    ours_fp32 = FastUNet(UNet(cfg, COND_DIM).to(device), mode="auto", precision="fp32")
+    ours_eager = FastUNet(UNet(cfg, COND_DIM).to(device), mode="eager")
+    inf = {
+        "ours eager fp32": lambda: ours_eager(x, t, z),
+        "ours channels_last fp32": lambda: ours_fp32(x, t, z),
+        f"ours default (channels_last, {auto})": lambda: ours_default(x, t, z),
+        "peer eager fp32": peer_run(peer, x),
+        "peer channels_last fp32": peer_run(peer_cl, x_cl),
+        "peer bf16 autocast": peer_run(peer, x, True),
+    }
+    for f in inf.values():
+        f()
+    best = {k: float("inf") for k in inf}
+    for _ in range(repeat):
+        for k, f in inf.items():
+            best[k] = min(best[k], _best(f, device))
+    ips = {k: batch / v for k, v in best.items()}
+    print("\n| inference (batch %d) | forwards/s | vs peer eager fp32 |\n|---|---|---|" % batch)
+    for k, v in ips.items():
+        print(f"| {k} | {v:.0f} | {v / ips['peer eager fp32']:.2f}x |")
+    peer_best = max(v for k, v in ips.items() if k.startswith("peer"))
+    ours_best = ips[f"ours default (channels_last, {auto})"]
+    print(f"ours default / peer's fastest mode: {ours_best / peer_best:.2f}x; "
+          f"ours eager fp32 / peer eager fp32: {ips['ours eager fp32'] / ips['peer eager fp32']:.2f}x")
+
+    target = torch.randn_like(x)
+
+    def train_step(model, call, bf16):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step():
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+                out = call(model)
+            loss = (out.float() - target).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    tr = {
+        "ours fp32": train_step(UNet(cfg, COND_DIM).to(device).train(), lambda m: m(x, t, z), False),
+        "peer fp32": train_step(peer_unet(cfg).to(device).train(), lambda m: m(x, t, class_labels=zc).sample, False),
+        "ours bf16": train_step(UNet(cfg, COND_DIM).to(device).train(), lambda m: m(x, t, z), True),
+        "peer bf16": train_step(peer_unet(cfg).to(device).train(), lambda m: m(x, t, class_labels=zc).sample, True),
+    }
+    for f in tr.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in tr}
+    for _ in range(steps):
+        for k, f in tr.items():
+            times[k].append(_best(f, device))
+    med = {k: batch / sorted(v)[len(v) // 2] for k, v in times.items()}
+    print("\n| training (fwd+bwd+AdamW, batch %d) | images/s (median) |\n|---|---|" % batch)
+    for k, v in med.items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"ours / peer: fp32 {med['ours fp32'] / med['peer fp32']:.2f}x, bf16 {med['ours bf16'] / med['peer bf16']:.2f}x; "
+          f"ours at {auto} / peer's fastest: {med['ours ' + auto] / max(med['peer fp32'], med['peer bf16']):.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=64)
@@ -92,14 +208,24 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--modes", default="eager,channels_last,bf16_autocast,jit,compile",
                    help="comma-separated inference modes")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
+    p.add_argument("--peer-only", action="store_true", help="only the comparison with diffusers' UNet2DModel")
     p.add_argument("--train-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.train_worker:
         return train_worker(a.config, a.batch, a.steps, a.device, a.channels_last)
     warnings.simplefilter("ignore")
 
     cfg = _config(a.config)
+    if a.peer_only:
+        print(f"machine: {_machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+              f"load avg {os.getloadavg()[0]:.2f}")
+        peer_comparison(cfg, a.batch, a.repeat, max(a.steps, 5), a.device)
+        print(f"\nload avg after: {os.getloadavg()[0]:.2f}")
+        return
     torch.manual_seed(0)
     unet = UNet(cfg, COND_DIM).to(a.device).eval()
     n_params = sum(p.numel() for p in unet.parameters())
@@ -152,7 +278,19 @@ def main() -> None:
         name = "training fp32 channels_last" if cl else "training fp32"
         print(f"| {name} (fwd+bwd+AdamW) | {ips:.0f} | {3 * ips * gflop:.1f} | {3 * ips * gflop / peak:.0%} "
               f"| peak RSS {rss / 1024:.2f} GB |")
+    peer_comparison(cfg, a.batch, a.repeat, max(a.steps, 5), a.device)
     print(f"\nload avg after: {os.getloadavg()[0]:.2f}")
+
+
+def _machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    from causaldiffae.precision import cpu_flags
+
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512_bf16", "amx", "avx2", "avx512f"))))
+    return f"{cpu}, {os.cpu_count()} logical CPUs, capability {torch.backends.cpu.get_cpu_capability()}, flags {flags}"
 
 
 if __name__ == "__main__":
