@@ -83,7 +83,7 @@ def score(model, images, labels, table, sim, predictors, steps: int, strength: f
     pred_factual = _norm(g, predictors.predict(images))
     for do in metrics.default_interventions(g, labels, seed=0):
         (node,) = do
-        cf_images_true, cf_table = simulator(table, metrics._do_for_numpy(do), size)
+        cf_images_true, cf_table = simulator(table, {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in do.items()}, size)
         y_true = _norm(g, cf_table[g.label_columns].to_numpy(np.float64))
         y_fact = _norm(g, labels)
         # latent level: encoder + SCM only
