@@ -20,6 +20,13 @@ from typing import Callable, Sequence
 from causaldiffae.errors import CausalDiffAEError
 
 EXIT_USER_ERROR = 2
+
+
+def _default_query_steps() -> int:
+    """The counterfactual/sample step count used when --steps is not given (shown in --help)."""
+    from causaldiffae.counterfactual import DEFAULT_STEPS
+
+    return DEFAULT_STEPS
 EXIT_FALSIFIED = 1
 
 _COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
@@ -376,8 +383,8 @@ def _cf_parser(sub) -> None:
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger; 0 ignores the latents)")
     p.add_argument("--steps", type=STEPS, default=None,
-                   help="DDIM decoding steps, and inversion steps unless --inversion-steps is given (default: the "
-                        "library's query defaults, 20; causaldiffae.counterfactual.DEFAULT_*)")
+                   help="DDIM decoding steps, and inversion steps unless --inversion-steps is given (the library's "
+                        f"query default, causaldiffae.counterfactual.DEFAULT_STEPS) (default: {_default_query_steps()})")
     p.add_argument("--inversion-steps", type=STEPS, default=None, help="DDIM inversion steps, if not those of --steps")
     p.add_argument("--guided-steps", type=_integer(0), default=None,
                    help="apply --strength only at the first (highest-noise) this many decoding steps (default: all)")
@@ -404,7 +411,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("--n", type=COUNT, default=16, help="number of samples")
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger)")
-    p.add_argument("--steps", type=STEPS, default=None, help="DDIM decoding steps (default: the library's query default, 20)")
+    p.add_argument("--steps", type=STEPS, default=None, help=f"DDIM decoding steps (the library's query default) (default: {_default_query_steps()})")
     p.add_argument("--seed", type=SEED, default=0, help="seed of u and x_T")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds earlier samples)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
@@ -617,11 +624,11 @@ def _ablate_parser(sub) -> None:
     f.add_argument("--steps", type=int, default=600, help="training steps of every run (the budget)")
     f.add_argument("--baselines", nargs="*", default=["diffae"], choices=["diffae"], help="baseline variants with all labels (none: --baselines)")
     f.add_argument("--config", help="run config file for every run instead of the budget-scaled default (its steps are set to --steps)")
-    f.add_argument("--batch-size", type=int)
+    f.add_argument("--batch-size", type=int, help="training batch size of every run (default: the budget config's, 64 on CPU)")
     f.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
     f.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
     f.add_argument("--print-commands", action="store_true", help="print each run's `causaldiffae train` command and stop")
-    f.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    f.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
     f.add_argument("-o", "--out", required=True, help="the sweep's folder (rerun into it to continue)")
     f.set_defaults(func=_ablate_fraction)
 
@@ -643,7 +650,7 @@ def _ablate_parser(sub) -> None:
         q.add_argument("--predictor-samples", type=int, default=8000,
                        help="independent simulator draws they train on (generated data sets only)")
         q.add_argument("--eval-seed", type=int, default=0, help="seeds the choice of images and interventions")
-        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run instead)")
     f.add_argument("--strength", type=float, default=1.0, help="guidance weight w of every query")
 
 

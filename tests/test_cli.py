@@ -106,7 +106,7 @@ def test_every_option_has_a_line_of_help_and_help_shows_defaults():
         for action in sub._actions:
             if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"causaldiffae {' '.join(path)}: {action.dest} has no help"
-    text = commands[("counterfactual",)].format_help()
+    text = " ".join(commands[("counterfactual",)].format_help().split())
     for shown in ("(default: 20)", "(default: 1.0)", "(default: ddim)", "angle+=10", "angle=-10 sets -10"):
         assert shown in text
     assert "(default: None)" not in text and "(default: False)" not in text
