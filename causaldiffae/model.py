@@ -77,8 +77,9 @@ class ModelConfig:
         decoder_latent: the latent the decoder is trained on, "sample" (``SCM(u)`` with ``u`` drawn
             from the guide) or "mean" (``SCM(mu)``, the posterior mean: what queries use).
         guidance: default classifier-free guidance reference at query time: "null" (``eps(null) +
-            w (eps(z') - eps(null))``) or "factual" (``eps(z') + (w - 1)(eps(z') - eps(z))``: a null
-            query is the identity at every w).
+            w (eps(z') - eps(null))``, the default) or "factual" (``eps(z') + (w - 1)(eps(z') - eps(z))``:
+            a null query is the identity at every w; at w = 2 it moved the intervened nodes further but
+            the descendants less, docs/results.md).
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -99,7 +100,7 @@ class ModelConfig:
     mechanism_weight: float = 1.0
     prediction: str = "v"
     decoder_latent: str = "mean"
-    guidance: str = "factual"
+    guidance: str = "null"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
