@@ -611,7 +611,7 @@ def _evaluate(args) -> int:
 @command("ablate")
 def _ablate_parser(sub) -> None:
     p = sub.add_parser("ablate", help="label-fraction and guidance-strength ablations with seeds, a table and plots")
-    asub = p.add_subparsers(dest="ablate_command", required=True)
+    asub = p.add_subparsers(dest="ablate_command", required=True, help="label-fraction or strength")
 
     f = asub.add_parser("label-fraction", help="train and score a run per label fraction and seed (and the Diff-AE baseline)",
                         description="Train CausalDiffAE at each label fraction and seed (plus each baseline with all labels), "
@@ -624,11 +624,11 @@ def _ablate_parser(sub) -> None:
     f.add_argument("--steps", type=int, default=600, help="training steps of every run (the budget)")
     f.add_argument("--baselines", nargs="*", default=["diffae"], choices=["diffae"], help="baseline variants with all labels (none: --baselines)")
     f.add_argument("--config", help="run config file for every run instead of the budget-scaled default (its steps are set to --steps)")
-    f.add_argument("--batch-size", type=int, help="training batch size of every run (default: the budget config's, 64 on CPU)")
+    f.add_argument("--batch-size", type=int, help="batch size of every run (default: the config's, 64)")
     f.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
     f.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
     f.add_argument("--print-commands", action="store_true", help="print each run's `causaldiffae train` command and stop")
-    f.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
+    f.add_argument("--device", choices=["cpu", "cuda"], default=None, help="train and score on this device (default: cuda if present)")
     f.add_argument("-o", "--out", required=True, help="the sweep's folder (rerun into it to continue)")
     f.set_defaults(func=_ablate_fraction)
 
@@ -650,7 +650,7 @@ def _ablate_parser(sub) -> None:
         q.add_argument("--predictor-samples", type=int, default=8000,
                        help="independent simulator draws they train on (generated data sets only)")
         q.add_argument("--eval-seed", type=int, default=0, help="seeds the choice of images and interventions")
-        q.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run instead)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.add_argument("--strength", type=float, default=1.0, help="guidance weight w of every query")
 
 
