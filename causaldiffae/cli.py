@@ -376,8 +376,7 @@ def _cf_parser(sub) -> None:
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger; 0 ignores the latents)")
     p.add_argument("--steps", type=STEPS, default=None,
-                   help="DDIM decoding steps, and inversion steps unless --inversion-steps is given (default: the "
-                        "library's query defaults, 20; causaldiffae.counterfactual.DEFAULT_*)")
+                   help="DDIM steps of decoding, and of inversion unless --inversion-steps (default: 20)")
     p.add_argument("--inversion-steps", type=STEPS, default=None, help="DDIM inversion steps, if not those of --steps")
     p.add_argument("--guided-steps", type=_integer(0), default=None,
                    help="apply --strength only at the first (highest-noise) this many decoding steps (default: all)")
@@ -404,7 +403,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("--n", type=COUNT, default=16, help="number of samples")
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger)")
-    p.add_argument("--steps", type=STEPS, default=None, help="DDIM decoding steps (default: the library's query default, 20)")
+    p.add_argument("--steps", type=STEPS, default=None, help="DDIM decoding steps; the library's query default (default: 20)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of u and x_T")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds earlier samples)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
