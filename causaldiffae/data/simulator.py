@@ -17,6 +17,7 @@ metrics took before this interface existed.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -25,7 +26,7 @@ import pandas as pd
 from causaldiffae.errors import DataError
 
 
-class Simulator:
+class Simulator(ABC):
     """Base class of the shipped simulators (subclasses fill in the data-set knowledge).
 
     Attributes:
@@ -52,25 +53,25 @@ class Simulator:
         """Generator parameters beyond the name and size (recorded in ``generator.json``)."""
         return {}
 
+    @abstractmethod
     def render(self, table: pd.DataFrame, size: int | None = None) -> np.ndarray:
         """Render each row of ``table``: ``(N, size, size, C)`` uint8."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample_table(self, n: int, seed: int = 0) -> pd.DataFrame:
         """``n`` rows drawn from the SCM (label and exogenous columns)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dataset_table(self, n: int | None = None, seed: int = 0) -> pd.DataFrame:
         """The rows of the generated data set (what ``generate_dataset`` writes), with a ``split`` column."""
-        raise NotImplementedError
 
+    @abstractmethod
     def independent_table(self, n: int, rng: np.random.Generator, split: str | None = "train") -> pd.DataFrame:
         """``n`` rows where every node is drawn from its marginal independently of the others."""
-        raise NotImplementedError
 
+    @abstractmethod
     def true_counterfactual(self, table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
         """The exact counterfactual of each row under ``do``: ``(images (N, H, W, C) uint8, table)``."""
-        raise NotImplementedError
 
     def field_metrics(self, images, intended: Mapping[str, Any], predictors=None, do: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Scores in the units the field publishes for this data set, or None where there are none.
