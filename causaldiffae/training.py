@@ -717,7 +717,8 @@ def train(
                         log_file.write(json.dumps(row) + "\n")
                         log_file.flush()
                         if not progress:
-                            say(f"step {done}/{tc.steps}  loss {row['loss']:.4f}  diffusion {row['diffusion']:.4f}  "
+                            of = "" if calibrate > 0 and time_budget is not None else f"/{tc.steps}"  # total unknown until the plan
+                            say(f"step {done}{of}  loss {row['loss']:.4f}  diffusion {row['diffusion']:.4f}  "
                                 f"kl {row['kl']:.3g}  label {row['label']:.3g}  gamma {tc.gamma(step):.2f}  "
                                 f"{rate:.1f} images/s  {format_duration(now - t0)} elapsed")
                     if tc.sample_every and (done % tc.sample_every == 0 or (last and stop_reason != "interrupt")):
