@@ -143,3 +143,24 @@ def test_evaluate_scores_the_identity_as_meeting_nothing(model):
     assert "do(a)" in lines and "achieved" in lines and "changed region" in lines and "set by do()" in lines
     md = M.to_markdown(res)
     assert "beside its baselines" in md and "Latent-level" in md and "region fraction" in md
+
+
+def test_ground_truth_leaves_out_interventions_the_simulator_cannot_answer_exactly(model):
+    """A simulator that declares do(b) inexact (as Morpho-MNIST declares do(digit): another writer)
+    gets no pixel ground truth for it; the result and the report name it and why."""
+    ds = tiny_dataset(24, seed=4)
+    table = pd.DataFrame(ds.labels, columns=["a", "b"])
+
+    class Inexact:
+        no_true_counterfactual = {"b": "b's true image would come from another source"}
+
+        def __call__(self, table, do, size=None):
+            return tiny_simulator(table, do) if size is None else tiny_simulator(table, do, size)
+
+    res = M.evaluate(model, ds, predictors=Brightness(), simulator=Inexact(), table=table, n=16, steps=2,
+                     metrics=("ground_truth",), counterfactual_fn=lambda images, do: images, progress=False)
+    gt = res["ground_truth"]
+    assert set(gt["by_intervention"]) == {"do(a)"}
+    assert gt["excluded"] == {"do(b)": "b's true image would come from another source"}
+    assert "Left out (no exact true counterfactual): do(b)" in M.to_markdown(res)
+    assert any(line.startswith("do(b): no ground truth") for line in M.summary_lines(res))

@@ -184,8 +184,13 @@ def evaluate(
                 want.discard("latent")
 
         eff, gt, rev, lat = {}, {}, {}, {}
+        gt_excluded: dict[str, str] = {}
         for do in interventions:
             name = do_label(do)
+            # a simulator that cannot answer this do() exactly (Morpho-MNIST's do(digit) swaps in another
+            # writer) gives no ground truth for it: its pixels would score the writer, not the model
+            inexact = getattr(simulator, "no_true_counterfactual", {}) if simulator is not None else {}
+            no_truth = [inexact[k] for k in do if k in inexact]
             if needs_cf or "latent" in want:
                 stage(f"counterfactual {name}")
                 truth = cf_table = None
@@ -208,7 +213,9 @@ def evaluate(
                     if target is not None:
                         eff[name]["baselines"] = effectiveness_baselines(model, predictors, x.cpu(), do, target, res,
                                                                          truth=truth, min_gap=min_gap)
-                if "ground_truth" in want:
+                if "ground_truth" in want and no_truth:
+                    gt_excluded[name] = "; ".join(no_truth)
+                elif "ground_truth" in want:
                     gt[name] = ground_truth_error(model, x.cpu(), table, do, simulator, counterfactuals=res, truth=truth,
                                                   change_tolerance=change_tolerance)
                 if "latent" in want:
@@ -235,6 +242,8 @@ def evaluate(
                                         for k in ("model_mae_255", "identity_mae_255", "achieved_fraction")},
                 "by_intervention": gt,
             }
+        if gt_excluded:
+            out.setdefault("ground_truth", {"by_intervention": {}})["excluded"] = gt_excluded
         if lat:
             out["latent"] = {"mean_achieved_fraction": {"descendants": mean_fraction(list(lat.values()), "descendants")},
                              "by_intervention": lat}

@@ -96,6 +96,8 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
                        f"SSIM {_fmt(d['ssim'], 3)} (identity {_fmt(idt.get('ssim'), 3)}); changed region "
                        f"({_fmt(None if px is None else 100 * px, 2)} % of pixels) MAE {_fmt(cr.get('model_mae_255'), 3)} "
                        f"(identity {_fmt(cr.get('identity_mae_255'), 3)}), fraction {_fmt(cr.get('achieved_fraction'), 3)}")
+    for name, why in ((r.get("ground_truth") or {}).get("excluded") or {}).items():
+        out.append(f"{name}: no ground truth (no exact true counterfactual: {why})")
     return out
 
 
@@ -170,10 +172,14 @@ def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
                          f"{_fmt(None if px is None else 100 * px, 3)}{'' if px is None else ' %'} | {_fmt(cr.get('model_mae_255'))} | "
                          f"{_fmt(cr.get('identity_mae_255'))} | {_fmt(cr.get('achieved_fraction'), 3)} |")
         im, cm = g.get("identity_mean", {}), g.get("changed_region_mean", {})
-        lines.append(f"| **mean** | {_fmt(g['mean']['mae_255'])} | {_fmt(im.get('mae_255'))} | {_fmt(g['mean']['ssim'])} | "
-                     f"{_fmt(im.get('ssim'))} | | {_fmt(cm.get('model_mae_255'))} | {_fmt(cm.get('identity_mae_255'))} | "
-                     f"{_fmt(cm.get('achieved_fraction'), 3)} |")
+        if "mean" in g:
+            lines.append(f"| **mean** | {_fmt(g['mean']['mae_255'])} | {_fmt(im.get('mae_255'))} | {_fmt(g['mean']['ssim'])} | "
+                         f"{_fmt(im.get('ssim'))} | | {_fmt(cm.get('model_mae_255'))} | {_fmt(cm.get('identity_mae_255'))} | "
+                         f"{_fmt(cm.get('achieved_fraction'), 3)} |")
         lines.append("")
+        if g.get("excluded"):
+            lines += ["Left out (no exact true counterfactual): "
+                      + "; ".join(f"{k}: {v}" for k, v in g["excluded"].items()), ""]
     if "latent" in r:
         lat = r["latent"]
         lines += ["## Latent-level mechanism check (encoder + SCM, no diffusion; label readout vs intended, normalised units)", "",
