@@ -18,6 +18,7 @@ from test_metrics import Brightness, as_images, tiny_simulator  # noqa: E402
 from tiny import SIZE, tiny_dataset, tiny_graph, tiny_labels, tiny_render  # noqa: E402
 
 from causaldiffae import metrics as M  # noqa: E402
+from causaldiffae.graph import CausalGraph  # noqa: E402
 from causaldiffae.model import CausalDiffAE  # noqa: E402
 
 # The tiny world renders labels in [-1, 1] to uint8, so the exact predictor (Brightness) reads a
@@ -164,3 +165,29 @@ def test_ground_truth_leaves_out_interventions_the_simulator_cannot_answer_exact
     assert gt["excluded"] == {"do(b)": "b's true image would come from another source"}
     assert "Left out (no exact true counterfactual): do(b)" in M.to_markdown(res)
     assert any(line.startswith("do(b): no ground truth") for line in M.summary_lines(res))
+
+
+def test_a_categorical_node_is_scored_as_an_error_rate():
+    """A classifier's reading counts as right or wrong (mean = 1 - accuracy), not as a distance
+    between class indices: class 9 read as 8 is as wrong as class 9 read as 0."""
+    from causaldiffae.metrics.effectiveness_scores import label_errors
+
+    g = CausalGraph.from_dict({"nodes": {"digit": {"loc": 0.0, "scale": 1.0}, "ink": {"loc": 0.0, "scale": 2.0}}})
+
+    class Reader:
+        nodes = g.nodes
+
+        def __init__(self, out):
+            self.out = out
+
+        def is_categorical(self, node):
+            return node == "digit"
+
+        def predict(self, images):
+            return self.out
+
+    intended = torch.tensor([[9.0, 1.0], [9.0, 1.0], [3.0, float("nan")]])
+    read = torch.tensor([[8.0, 2.0], [0.0, 1.0], [3.0, 5.0]])
+    err = label_errors(g, Reader(read), torch.zeros(3, 1, 4, 4), intended)
+    assert err[:, 0].tolist() == [1.0, 1.0, 0.0]          # wrong, wrong, right
+    assert err[0, 1] == 0.5 and err[1, 1] == 0.0 and np.isnan(err[2, 1])  # continuous: |diff| / scale, NaN kept

@@ -20,13 +20,28 @@ from causaldiffae.metrics.interventions import (
 )
 
 
+def _categorical(predictors, graph, node: str) -> bool:
+    """Whether ``node`` is scored as a class: the predictors say so (a classifier head), or the graph does."""
+    is_cat = getattr(predictors, "is_categorical", None)
+    if callable(is_cat) and is_cat(node):
+        return True
+    return getattr(graph.specs.get(node), "type", "continuous") == "categorical"
+
+
 def label_errors(graph, predictors, images: torch.Tensor, intended: torch.Tensor) -> np.ndarray:
-    """``|predicted - intended|`` in normalised units ``(y - loc) / scale``, ``(B, n_nodes)`` (NaN where intended is)."""
+    """Per image and node, ``(B, n_nodes)`` (NaN where intended is): ``|predicted - intended|`` in
+    normalised units ``(y - loc) / scale``, and for a categorical node 1 where the predicted class is
+    not the intended one, else 0 (its mean is the error rate, 1 - accuracy)."""
     pred = _predict(predictors, images)
     target = torch.as_tensor(intended, dtype=torch.float32).cpu()
     if tuple(target.shape) != tuple(pred.shape):
         raise DataError(f"intended labels have shape {tuple(target.shape)}, the predictors read {tuple(pred.shape)}")
-    return (torch.as_tensor(graph.normalise(pred)) - torch.as_tensor(graph.normalise(target))).abs().numpy().astype(np.float64)
+    err = (torch.as_tensor(graph.normalise(pred)) - torch.as_tensor(graph.normalise(target))).abs()
+    for j, node in enumerate(graph.nodes):
+        if _categorical(predictors, graph, node):
+            wrong = (pred[:, j].round() != target[:, j].round()).to(err.dtype)
+            err[:, j] = torch.where(torch.isnan(target[:, j]), torch.full_like(wrong, float("nan")), wrong)
+    return err.numpy().astype(np.float64)
 
 
 def effectiveness(
