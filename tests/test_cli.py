@@ -198,3 +198,12 @@ def test_help_and_version_exit_0(capsys):
     assert main(["counterfactual", "--help"]) == 0
     assert "--strength" in capsys.readouterr().out
     assert main(["--version"]) == 0
+
+
+@pytest.mark.parametrize("bad", [["--threads", "-1"], ["--jobs", "0"], ["--n", "0"], ["--predictor-samples", "0"]])
+def test_ablate_refuses_bad_counts_before_any_work(tmp_path, capsys, bad):
+    out = tmp_path / "sweep"
+    assert main(["ablate", "label-fraction", "--graph", "pendulum", "--data", "pendulum", *bad, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and bad[0] in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
