@@ -2,6 +2,10 @@
 
     OMP_NUM_THREADS=1 python experiments/train_shipped_predictors.py pendulum [--steps 2000] [--n-samples 8000]
     OMP_NUM_THREADS=1 python experiments/train_shipped_predictors.py morphomnist
+    OMP_NUM_THREADS=1 python experiments/train_shipped_predictors.py pendulum --run runs/pendulum_v2 --out P.safetensors
+
+``--run`` takes the graph and the rendering from a training run's checkpoint instead of the shipped
+model (for a model about to be shipped).
 
 Each shipped model is paired with predictors trained at its size and on the rendering it was
 trained on (``causaldiffae/pretrained/generators.json``: the shipped Pendulum model saw the legacy
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -38,11 +43,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--floor-n", type=int, default=256)
     ap.add_argument("--out")
+    ap.add_argument("--run", help="a run folder or checkpoint whose graph and rendering to use (default: the shipped model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    _, meta = load_checkpoint(PRETRAINED_DIR / f"{args.name}.safetensors")
+    source = PRETRAINED_DIR / f"{args.name}.safetensors"
+    if args.run:
+        source = Path(args.run)
+        source = source / "checkpoint.safetensors" if source.is_dir() else source
+    _, meta = load_checkpoint(source)
     graph = CausalGraph.from_dict(meta["graph"])
-    sim = simulator_from_params(model_generator_params(args.name, meta))
+    sim = simulator_from_params(model_generator_params(args.run or args.name, meta))
     out = args.out or PRETRAINED_DIR / f"{args.name}.predictors.safetensors"
     path = train_predictors(graph, None, out, steps=args.steps, simulator=sim, n_samples=args.n_samples,
                             width=args.width, pool=args.pool, seed=args.seed, condition=CONDITIONS.get(args.name), progress=True)
