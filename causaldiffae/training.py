@@ -713,7 +713,7 @@ def train(
                     bar.update(1)
                     if done % tc.log_every == 0 or last:
                         row = {k: round(float(v), 6) for k, v in terms.items()} | {"step": done, "images_per_s": round(rate, 2),
-                              "label_weight": mc.label_weight, "kl_weight": mc.kl_weight}
+                              "elapsed_s": round(now - t0, 4), "label_weight": mc.label_weight, "kl_weight": mc.kl_weight}
                         log_file.write(json.dumps(row) + "\n")
                         log_file.flush()
                         if not progress:
