@@ -7,7 +7,8 @@ Two sweeps, the same from Python and from the command line (``causaldiffae ablat
     df = ablation.strength(["runs/frac/runs/causal-1-seed0"], "my_folder", "runs/strength")
 
 **label_fraction** trains one run per (label fraction, seed), plus each baseline variant (Diff-AE:
-no mechanisms) with all labels per seed, all at the same budget; every run is one plain
+no mechanisms) with all labels per seed, all for the same number of steps (given, or fixed once
+from a time budget per run by a speed measurement: :func:`plan_time`); every run is one plain
 ``causaldiffae train`` command (:func:`train_command`, ``--print-commands``) reading the sweep's
 ``train-config.yaml``. **strength** scores trained runs at several guidance weights ``w``.
 
@@ -26,6 +27,7 @@ adapter, :func:`evaluation_rows`, which flattens evaluate()'s result into (run, 
 Layout of ``out``::
 
     sweep.json              the sweep's settings (a rerun with another budget is refused)
+    time-plan.json          with a time budget: the measured speed and the steps it fixed for every run
     train-config.yaml       the run config every training run reads
     predictors.safetensors  anti-causal predictors (trained once, unless given)
     runs/<name>/            one training run: checkpoint, evaluation/metrics.json, finished.json
@@ -66,6 +68,10 @@ FINISHED = "finished.json"
 MODEL_NAMES = {"causal": "CausalDiffAE", "diffae": "Diff-AE (no mechanisms)"}
 REFERENCES = ("do-nothing", "floor")
 SCORES_VERSION = 2  # bumped when evaluate()'s scores change: finished runs are then re-scored (not retrained)
+DEFAULT_STEPS = 600  # training steps of every run when neither steps nor a time budget is given
+TIME_PLAN = "time-plan.json"  # a --time sweep's measured speed and the steps it fixed for every run
+CALIBRATION_STEPS = 6  # steps of the speed measurement; the first (allocation, warm-up) is not timed
+TIME_SHARE = 0.97  # share of a run's time budget planned for steps (the rest: start-up, checkpoints)
 
 # Top-level keys of evaluate()'s result that describe the evaluation, not a score.
 _META_KEYS = {"n", "steps", "strength", "refine", "seed", "seconds", "nodes", "interventions", "skipped",
@@ -264,7 +270,7 @@ class Sweep:
     out: str
     fractions: tuple[float, ...] = FRACTIONS
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 600
+    steps: int = DEFAULT_STEPS
     baselines: tuple[str, ...] = BASELINES
     config: str | None = None
     batch_size: int | None = None
@@ -272,6 +278,7 @@ class Sweep:
     predictors: str | None = None
     predictor_steps: int = 2000
     device: str | None = None
+    time_plan: dict[str, Any] | None = None  # set when a time budget fixed ``steps`` (see :func:`plan_time`)
 
     @property
     def train_config_path(self) -> Path:
@@ -515,26 +522,184 @@ def _threads_per_job(jobs: int, threads: int | None) -> int | None:
 # ----------------------------------------------------------------------------------------------
 # label fraction
 # ----------------------------------------------------------------------------------------------
+def _run_config(sweep: Sweep, steps: int):
+    """The run config of every run of ``sweep`` at ``steps`` steps: ``sweep.config`` with its steps
+    (and batch size) set, or :func:`budget_config`."""
+    from causaldiffae.training import RunConfig
+
+    if sweep.config:
+        cfg = RunConfig.load(sweep.config)
+        cfg.train.steps = steps
+        if sweep.batch_size:
+            cfg.train.batch_size = sweep.batch_size
+        return cfg
+    return budget_config(steps, sweep.batch_size)
+
+
+def _any_trained(out: Path) -> bool:
+    """Whether a run of the sweep in ``out`` has been trained (has a checkpoint)."""
+    return any((Path(out) / "runs").glob("*/checkpoint.safetensors"))
+
+
+def measure_step_seconds(sweep: Sweep, spec: RunSpec | None = None, steps: int = CALIBRATION_STEPS,
+                         threads: int | None = None) -> float:
+    """Seconds per training step of one of the sweep's runs, measured here and now.
+
+    ``spec`` (default: the sweep's first run, a CausalDiffAE run) is trained for ``steps`` steps
+    exactly as the sweep trains it (its run config, label fraction, seed and variant, on
+    ``sweep.device``, with ``threads`` torch threads) in ``OUT/.calibration``, which is removed
+    afterwards. The first step (allocation, warm-up) is left out: the figure is the mean of steps
+    2..``steps``, read from the run's ``log.jsonl`` (``elapsed_s``).
+    """
+    import shutil
+    import tempfile
+
+    import torch
+    import yaml
+
+    from causaldiffae.pipeline import prepare_training
+    from causaldiffae.training import train
+
+    if steps < 2:
+        raise ConfigError(f"the speed measurement needs at least 2 steps, got {steps}")
+    spec = spec or sweep.runs()[0]
+    folder = Path(sweep.out) / ".calibration"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    d = _run_config(sweep, steps).to_dict()
+    d["train"].update(log_every=1, checkpoint_every=steps, sample_every=0)
+    d["train"]["betas"] = list(d["train"]["betas"])
+    previous = torch.get_num_threads()
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as f:
+            yaml.safe_dump(d, f, sort_keys=False)
+        overrides = {"train.label_fraction": spec.label_fraction, "train.seed": spec.seed, "model.variant": spec.variant,
+                     "train.steps": steps}
+        graph, dataset, cfg, info = prepare_training(sweep.graph, sweep.data, config_path=f.name, overrides=overrides)
+        if threads:
+            torch.set_num_threads(int(threads))
+        train(graph, dataset, folder / "run", cfg, device=sweep.device, progress=False, data_info=info, verbose=False)
+        rows = [json.loads(line) for line in (folder / "run" / "log.jsonl").read_text().splitlines()]
+        elapsed = {int(r["step"]): float(r["elapsed_s"]) for r in rows}
+        return max((elapsed[steps] - elapsed[1]) / (steps - 1), 1e-9)
+    finally:
+        torch.set_num_threads(previous)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plan_key(sweep: Sweep) -> dict[str, Any]:
+    """What a measured speed depends on (a time plan made for other settings is measured again)."""
+    import hashlib
+
+    config = hashlib.sha256(Path(sweep.config).read_bytes()).hexdigest() if sweep.config else None
+    return {"graph": sweep.graph, "data": sweep.data, "config_sha256": config, "batch_size": sweep.batch_size,
+            "device": sweep.device}
+
+
+def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progress: bool = True,
+              comment: bool = False) -> dict[str, Any]:
+    """Fix the steps of every run of ``sweep`` from a time budget per run; the plan (also ``sweep.steps``).
+
+    ``time`` (seconds, or ``"10m"`` as :func:`causaldiffae.training.parse_duration` reads it) is the
+    training time of EACH run, not of the whole sweep (scoring comes on top). The speed is measured
+    once (:func:`measure_step_seconds`) and every run trains ``floor(TIME_SHARE * time / s_per_step)``
+    steps, so all runs of the sweep train the same number of steps whatever the load while they
+    run. The plan is written to ``OUT/time-plan.json``; a rerun with the same budget and settings
+    reads it back instead of measuring again (a resumed sweep keeps its steps). Another budget is
+    refused once a run has been trained. ``progress``: say what happens (``comment``: as ``# `` lines,
+    for ``--print-commands``, whose output stays a shell script).
+    """
+    from causaldiffae.training import format_duration, parse_duration
+
+    text = time if isinstance(time, str) else f"{float(time):g}s"
+    seconds = parse_duration(time) if isinstance(time, str) else float(time)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"the time budget must be a positive duration, got {time!r}")
+    out = Path(sweep.out)
+    path = out / TIME_PLAN
+    key = _plan_key(sweep)
+    trained = _any_trained(out)
+    old = None
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the sweep's time plan ({e}); remove it to measure again") from e
+        if old.get("time_s") == seconds and old.get("key") == key:
+            sweep.steps, sweep.time_plan = int(old["steps"]), old
+            if progress:
+                print(("# " if comment else "") + f"time plan {path}: --time {old['time']} per run = {old['steps']} steps "
+                      f"(measured {old['seconds_per_step']:.3g} s/step on {old['measured_at']}); reused", flush=True)
+            return old
+    if trained:
+        if old is not None:
+            diff = [k for k in key if old.get("key", {}).get(k) != key[k]]
+            what = f"--time {old.get('time')}" if not diff else f"other {', '.join(diff)}"
+            raise ConfigError(f"{out} holds a sweep whose runs were planned for {what} ({old.get('steps')} steps per run, "
+                              f"{path}); give the same settings, or --steps {old.get('steps')}, to continue it, "
+                              f"or use another --out")
+        before = json.loads((out / "sweep.json").read_text()).get("identity", {}).get("steps") if (out / "sweep.json").exists() else None
+        raise ConfigError(f"{out} holds a sweep trained with --steps {before} (no time plan); give --steps {before} "
+                          f"to continue it, or use another --out for a --time sweep")
+    spec = sweep.runs()[0]
+    if progress:
+        print(("# " if comment else "") + f"--time {text} per run: timing {CALIBRATION_STEPS} training steps of {spec.name} to fix the steps of every run",
+              flush=True)
+    per_step = measure_step_seconds(sweep, spec, threads=threads)
+    steps = int(TIME_SHARE * seconds / per_step)
+    if steps < 1:
+        raise ConfigError(f"--time {text} buys no training step: a step of {spec.name} took {per_step:.3g} s here; "
+                          f"give at least {format_duration(math.ceil(per_step / TIME_SHARE))}")
+    import datetime
+    import torch
+
+    plan = {"time": text, "time_s": seconds, "steps": steps, "seconds_per_step": per_step,
+            "measured_on": spec.name, "measured_steps": CALIBRATION_STEPS - 1,
+            "threads": int(threads) if threads else torch.get_num_threads(), "device": sweep.device or "auto",
+            "measured_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "note": f"every run trains {steps} steps = floor({TIME_SHARE} x {seconds:g} s / {per_step:.4g} s per step); "
+                    "reused by every rerun of the sweep with the same --time", "key": key}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan, indent=1) + "\n")
+    sweep.steps, sweep.time_plan = steps, plan
+    return plan
+
+
+def plan_line(sweep: Sweep, specs: Sequence[RunSpec], jobs: int = 1) -> str:
+    """One line: runs x steps, how many are left to train and, with a time plan, the estimated training time."""
+    from causaldiffae.training import format_duration
+
+    left = sum(not (sweep.run_dir(s) / FINISHED).exists() for s in specs)
+    line = f"plan: {len(specs)} runs x {sweep.steps} training steps each"
+    plan = sweep.time_plan
+    if plan:
+        line += (f" (--time {plan['time']} per run at {plan['seconds_per_step']:.3g} s/step, measured over "
+                 f"{plan['measured_steps']} steps of {plan['measured_on']} with {plan['threads']} thread(s); "
+                 f"{Path(sweep.out) / TIME_PLAN})")
+    line += f"; {left} not finished"
+    if left:
+        side = max(1, min(jobs, left))
+        line += f", {side} side by side (--jobs {jobs})" if jobs > 1 else ""
+        if plan:
+            rounds = math.ceil(left / side)
+            how = "one after another" if side == 1 else f"{rounds} round{'s' if rounds != 1 else ''} of {side} side by side"
+            line += (f": about {format_duration(rounds * sweep.steps * plan['seconds_per_step'])} of training at the "
+                     f"measured speed ({how}), plus scoring every run on {sweep.evaluation.n} images")
+    return line
+
+
 def _prepare_sweep(sweep: Sweep) -> None:
     """Write ``train-config.yaml`` and ``sweep.json``; refuse an ``out`` whose trained runs had another budget."""
     import yaml
 
-    from causaldiffae.training import RunConfig
-
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
-    if sweep.config:
-        cfg = RunConfig.load(sweep.config)
-        cfg.train.steps = sweep.steps
-        if sweep.batch_size:
-            cfg.train.batch_size = sweep.batch_size
-    else:
-        cfg = budget_config(sweep.steps, sweep.batch_size)
-    d = cfg.to_dict()
+    d = _run_config(sweep, sweep.steps).to_dict()
     d["train"]["betas"] = list(d["train"]["betas"])
     text = "# written by causaldiffae ablate: the run config of every run of this sweep\n" + yaml.safe_dump(d, sort_keys=False)
     meta_path = out / "sweep.json"
-    trained = any((out / "runs").glob("*/checkpoint.safetensors"))
+    trained = _any_trained(out)
     if meta_path.exists() and trained:  # settings only bind once a run has been trained with them
         old = json.loads(meta_path.read_text())
         new_identity = {"graph": sweep.graph, "data": sweep.data, "steps": sweep.steps, "train_config": text}
@@ -573,7 +738,7 @@ def label_fraction(
     out: str | os.PathLike,
     fractions: Sequence[float] = FRACTIONS,
     seeds: int | Sequence[int] = 3,
-    steps: int = 600,
+    steps: int | None = None,
     baselines: Sequence[str] = BASELINES,
     config: str | os.PathLike | None = None,
     batch_size: int | None = None,
@@ -590,6 +755,7 @@ def label_fraction(
     device: str | None = None,
     progress: bool = True,
     print_commands: bool = False,
+    time: float | str | None = None,
 ) -> pd.DataFrame:
     """Train and score CausalDiffAE at each label fraction and seed (and the baselines); write the report.
 
@@ -598,8 +764,12 @@ def label_fraction(
             (as ``causaldiffae train`` takes them).
         out: the sweep's folder (see the module docstring); rerunning into it continues the sweep.
         fractions: label fractions in (0, 1]; seeds: a count (0..k-1) or the seeds themselves.
-        steps: the training budget of every run; ``config``: a run config file to use instead of
-            :func:`budget_config` (its ``train.steps`` is set to ``steps``).
+        steps: the training steps of every run (default 600); ``config``: a run config file to use
+            instead of :func:`budget_config` (its ``train.steps`` is set to ``steps``).
+        time: instead of ``steps``, the training time of EACH run (seconds, or ``"90s"``, ``"10m"``,
+            ``"1h30m"`` as ``causaldiffae train --time`` reads it; scoring comes on top): the speed is
+            measured once and fixes one step count for every run (:func:`plan_time`), written to
+            ``OUT/time-plan.json`` and reused when the sweep is rerun, so the runs stay comparable.
         baselines: model variants trained with all labels beside CausalDiffAE ("diffae", or none).
         n, eval_steps, strength, metrics, eval_seed: the evaluation (see :func:`causaldiffae.metrics.evaluate`).
         predictors: an anti-causal predictors file (default: trained once into ``out``, for ``predictor_steps``
@@ -620,16 +790,29 @@ def label_fraction(
         raise ConfigError(f"unknown baseline(s) {unknown}; known: diffae")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if steps is not None and time is not None:
+        raise ConfigError(f"give either steps ({steps}) or a time budget ({time!r}), not both")
+    if steps is not None and int(steps) < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    if isinstance(time, str):
+        from causaldiffae.training import parse_duration
+
+        parse_duration(time)  # a bad duration is refused before anything is written
     out = Path(out)
     if isinstance(graph, CausalGraph):
         out.mkdir(parents=True, exist_ok=True)
         graph = str(graph.save(out / "graph.json"))
     sweep = Sweep(graph=str(graph), data=str(data), out=str(out), fractions=_fractions(fractions), seeds=_seeds(seeds),
-                  steps=int(steps), baselines=tuple(baselines), config=str(config) if config else None, batch_size=batch_size,
+                  steps=int(steps) if steps is not None else DEFAULT_STEPS, baselines=tuple(baselines), config=str(config) if config else None, batch_size=batch_size,
                   evaluation=EvalSettings(n=n, steps=eval_steps, strength=strength, metrics=tuple(metrics), seed=eval_seed),
                   predictors=str(predictors) if predictors else None, predictor_steps=predictor_steps, device=device)
+    jobs_threads = _threads_per_job(jobs, threads)
+    if time is not None:
+        plan_time(sweep, time, threads=jobs_threads, progress=progress or print_commands, comment=print_commands)
     _prepare_sweep(sweep)
     specs = sweep.runs()
+    if progress or print_commands:
+        print(("# " if print_commands else "") + plan_line(sweep, specs, jobs), flush=True)
     if print_commands:
         for spec in specs:
             step = _trained_steps(sweep.run_dir(spec))
@@ -640,7 +823,6 @@ def label_fraction(
     size = RunConfig.load(sweep.train_config_path).model.unet.image_size
     es = build_eval_set(sweep.graph, sweep.data, size, n, eval_seed, sweep.predictors or out / "predictors.safetensors",
                         predictor_steps=predictor_steps, device=device, progress=progress, predictor_samples=predictor_samples)
-    jobs_threads = _threads_per_job(jobs, threads)
     per_run = _run_all([(sweep, s, es) for s in specs], run_one, jobs, jobs_threads, progress, "ablation runs")
     rows = []
     for spec, run_rows in zip(specs, per_run):
@@ -653,7 +835,10 @@ def label_fraction(
     df = pd.DataFrame(rows, columns=["run", "model", "variant", "label_fraction", "seed", "steps", "metric", "value"])
     df = df.astype({"seed": "Int64", "steps": "Int64"})
     title = f"Label fraction: {Path(sweep.graph).name} on {sweep.data}"
-    notes = _notes(es, per_run[0], sweep.evaluation, f"{sweep.steps} training steps per run "
+    plan = sweep.time_plan
+    fixed = (f", fixed by --time {plan['time']} per run at the measured {plan['seconds_per_step']:.3g} s/step ({TIME_PLAN})"
+             if plan else "")
+    notes = _notes(es, per_run[0], sweep.evaluation, f"{sweep.steps} training steps per run{fixed} "
                    f"({'config ' + sweep.config if sweep.config else 'budget_config'}), seeds {', '.join(map(str, sweep.seeds))}")
     write_report(df, out, title, by="label_fraction", notes=notes)
     return df

@@ -122,6 +122,19 @@ def _number(minimum: float | None = None, maximum: float | None = None, open_min
     return parse
 
 
+def _duration(text: str) -> str:
+    """An argparse ``type``: a time budget as ``causaldiffae train --time`` reads it (90s, 10m, 1h30m);
+    the text itself is kept (for the messages and the sweep's records)."""
+    from causaldiffae.errors import ConfigError
+    from causaldiffae.training import parse_duration
+
+    try:
+        parse_duration(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _input_files(parser: argparse.ArgumentParser, *options: str) -> None:
     """Mark ``options`` of ``parser`` as input files that must exist (checked by :func:`check_files`
     after parsing, so that parsing a command line never depends on the files around it)."""
@@ -608,6 +621,14 @@ def _evaluate(args) -> int:
     return 0
 
 
+ABLATE_EPILOG = """\
+examples:
+  causaldiffae ablate label-fraction --graph my.dot --data my_images/ --steps 600 --out runs/frac
+  causaldiffae ablate label-fraction --graph my.dot --data my_images/ --time 10m --out runs/frac-10m   # 10 min per run
+  causaldiffae ablate label-fraction --graph my.dot --data my_images/ --time 10m --out runs/frac-10m --print-commands
+"""
+
+
 @command("ablate")
 def _ablate_parser(sub) -> None:
     p = sub.add_parser("ablate", help="label-fraction and guidance-strength ablations with seeds, a table and plots")
@@ -616,18 +637,29 @@ def _ablate_parser(sub) -> None:
     f = asub.add_parser("label-fraction", help="train and score a run per label fraction and seed (and the Diff-AE baseline)",
                         description="Train CausalDiffAE at each label fraction and seed (plus each baseline with all labels), "
                                     "score every run on the same held-out images, and write results.csv, results.md and plots "
-                                    "into --out. Rerun the same command to continue a killed sweep. See docs/ablations.md.")
+                                    "into --out. Every run trains the same number of steps: --steps N, or the steps that "
+                                    "--time T (per run) buys at the speed measured once when the sweep starts (kept in "
+                                    "OUT/time-plan.json). Rerun the same command to continue a killed sweep. See docs/ablations.md.",
+                        epilog=ABLATE_EPILOG)
     f.add_argument("--graph", required=True, help="graph file or shipped name")
     f.add_argument("--data", required=True, help="data folder (images + labels.csv), .npz, or a generated name")
     f.add_argument("--fractions", type=float, nargs="+", help="label fractions in (0, 1] (default: 0.01 0.1 0.5 1)")
     f.add_argument("--seeds", type=_integer(1), default=3, help="seeds per fraction (0 .. N-1)")
-    f.add_argument("--steps", type=_integer(1), default=600, help="training steps of every run (the budget)")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_integer(1), metavar="N", help="training steps of every run (default: 600, unless --time)")
+    budget.add_argument("--time", type=_duration, metavar="DURATION",
+                        help="training time of EACH run (not of the whole sweep; scoring comes on top), e.g. 90s, 10m, "
+                             "1h30m as in `causaldiffae train --time`: a few timed steps fix ONE step count for every run, "
+                             "recorded in OUT/time-plan.json and reused when the sweep is rerun, so the runs stay comparable; "
+                             "for a whole-sweep budget T give T x jobs / runs")
     f.add_argument("--baselines", nargs="*", default=["diffae"], choices=["diffae"], help="baseline variants with all labels (none: --baselines)")
     f.add_argument("--config", help="run config file for every run instead of the budget-scaled default (its steps are set to --steps)")
     f.add_argument("--batch-size", type=_integer(1), help="batch size of every run (default: the config's, 64)")
     f.add_argument("--jobs", type=_integer(1), default=1, help="runs trained side by side (processes)")
     f.add_argument("--threads", type=_integer(1), help="torch threads per run (default: cores / jobs)")
-    f.add_argument("--print-commands", action="store_true", help="print each run's `causaldiffae train` command and stop")
+    f.add_argument("--print-commands", action="store_true",
+                   help="print the plan and each run's `causaldiffae train` command (with the fixed --steps) and stop; "
+                        "with --time the speed is measured here first, unless OUT/time-plan.json holds the plan")
     f.add_argument("--device", choices=["cpu", "cuda"], default=None, help="train and score on this device (default: cuda if present)")
     f.add_argument("-o", "--out", required=True, help="the sweep's folder (rerun into it to continue)")
     f.set_defaults(func=_ablate_fraction)
@@ -659,6 +691,7 @@ def _ablate_fraction(args) -> int:
 
     ablation.label_fraction(
         args.graph, args.data, args.out, fractions=args.fractions or ablation.FRACTIONS, seeds=args.seeds, steps=args.steps,
+        time=args.time,
         baselines=args.baselines, config=args.config, batch_size=args.batch_size, n=args.n, eval_steps=args.eval_steps,
         strength=args.strength, metrics=args.metrics or ablation.DEFAULT_METRICS, eval_seed=args.eval_seed, predictors=args.predictors,
         predictor_steps=args.predictor_steps, predictor_samples=args.predictor_samples, jobs=args.jobs,

@@ -4,6 +4,7 @@ The label-fraction and strength ablations are the library's (``causaldiffae abla
 :mod:`causaldiffae.ablation`, docs/ablations.md); ``fraction`` and ``strength`` here only call them::
 
     python experiments/ablations.py fraction --data pendulum --steps 600 --out runs/ablation      # = causaldiffae ablate label-fraction
+    python experiments/ablations.py fraction --data pendulum --time 10m --out runs/ablation-10m  # 10 minutes of training per run
     python experiments/ablations.py strength --run runs/ablation/pendulum/runs/causal-1-seed0 --data pendulum --out runs/strength
     python experiments/ablations.py recon-steps --run runs/pendulum --data pendulum --out runs/recon
     python experiments/ablations.py baselines --run runs/pendulum --diffae runs/pendulum-diffae --data pendulum --out runs/baselines
@@ -154,12 +155,14 @@ def cmd_fraction(a) -> None:
     out = Path(a.out) / Path(a.data).name
     config = None
     if a.gpu:  # the larger preset, written as a config file so every run's train command reads it
-        d = ablation.budget_config(a.steps, batch_size=a.batch_size, gpu=True).to_dict()
+        d = ablation.budget_config(a.steps or ablation.DEFAULT_STEPS, batch_size=a.batch_size, gpu=True).to_dict()
         d["train"]["betas"] = list(d["train"]["betas"])
+        if a.time:  # the steps are not known yet: the schedule follows the length the time plan fixes
+            d["train"].update(warmup_steps=None, ema_decay=None, checkpoint_every=None)
         out.mkdir(parents=True, exist_ok=True)
         config = out / "gpu-config.yaml"
         config.write_text(yaml.safe_dump(d, sort_keys=False))
-    ablation.label_fraction(a.graph or a.data, a.data, out, fractions=a.fractions, seeds=a.seeds, steps=a.steps,
+    ablation.label_fraction(a.graph or a.data, a.data, out, fractions=a.fractions, seeds=a.seeds, steps=a.steps, time=a.time,
                             config=config, batch_size=a.batch_size, n=a.n, eval_steps=a.steps_eval, jobs=a.jobs,
                             device="cuda" if a.gpu else None)
 
@@ -205,7 +208,9 @@ def main() -> None:
     f.add_argument("--graph", help="graph (default: the shipped graph named like the data)")
     f.add_argument("--fractions", type=float, nargs="+", default=list(ablation.FRACTIONS))
     f.add_argument("--seeds", type=int, default=3)
-    f.add_argument("--steps", type=int, default=600, help="training steps per run (the budget)")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps per run (default: 600, unless --time)")
+    budget.add_argument("--time", help="training time of EACH run, e.g. 10m (= causaldiffae ablate label-fraction --time)")
     f.add_argument("--batch-size", type=int)
     f.add_argument("--jobs", type=int, default=1)
     f.add_argument("--gpu", action="store_true", help="the larger model preset (ModelConfig.gpu_preset), batch 128, on CUDA")

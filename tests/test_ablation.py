@@ -228,3 +228,112 @@ def test_sweep_with_a_simulator_scores_against_the_true_counterfactuals(tmp_path
     assert len(dn) == 4 and value[("do-nothing", "effectiveness.mean.intervened")] == pytest.approx(np.mean(dn))
     md = (out / "results.md").read_text()
     assert "true counterfactuals (pendulum)" in md and "| *floor* |" in md and "| *do-nothing* |" in md
+
+
+def _time_args(graph: Path, data: Path, config: Path, out: Path, budget: str, *extra: str) -> list[str]:
+    """A two-run sweep (one fraction x two seeds, tiny scoring) with a time budget per run instead of --steps."""
+    args = _args(graph, data, config, out, "--n", "4", "--eval-steps", "2", "--predictor-steps", "5", *extra)
+    args[args.index("--fractions") + 1: args.index("--seeds")] = ["1"]
+    i = args.index("--steps")
+    args[i: i + 2] = ["--time", budget]
+    return args
+
+
+def test_a_time_budget_fixes_one_step_count_for_every_run_and_a_rerun_reuses_it(tmp_path, monkeypatch, capsys):
+    import json
+
+    from causaldiffae.checkpoint import load_checkpoint
+
+    data, graph, config = _user_folder(tmp_path, n=16)
+    out = tmp_path / "sweep"
+
+    # --print-commands with --time: a few timed steps fix the steps, written to the sweep's folder
+    assert main(_time_args(graph, data, config, out, "30s", "--print-commands")) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads((out / ablation.TIME_PLAN).read_text())
+    steps = plan["steps"]
+    assert plan["time"] == "30s" and plan["time_s"] == 30.0 and plan["seconds_per_step"] > 0
+    assert steps == int(ablation.TIME_SHARE * 30.0 / plan["seconds_per_step"]) >= 1
+    assert not (out / ".calibration").exists()  # the measurement leaves nothing behind
+    commands = [line for line in printed.splitlines() if "causaldiffae train" in line]
+    assert len(commands) == 2 and all(f"--steps {steps} " in c for c in commands)
+    assert f"# plan: 2 runs x {steps} training steps each (--time 30s per run" in printed
+    assert yaml.safe_load((out / "train-config.yaml").read_text())["train"]["steps"] == steps
+    assert all(not line or line.startswith("#") or line.startswith("causaldiffae train") for line in printed.splitlines())
+
+    # a rerun reads the plan back and measures nothing: every run keeps the recorded steps, here
+    # set to 3 as if an earlier session on a slower machine had measured them
+    plan["steps"] = 3
+    (out / ablation.TIME_PLAN).write_text(json.dumps(plan))
+
+    def no_measurement(*a, **kw):
+        raise AssertionError("a rerun with a time plan must not measure the speed again")
+
+    monkeypatch.setattr(ablation, "measure_step_seconds", no_measurement)
+    assert main(_time_args(graph, data, config, out, "30s")) == 0
+    for name in ("causal-1-seed0", "causal-1-seed1"):
+        _, meta = load_checkpoint(out / "runs" / name)
+        assert meta["step"] == 3
+    df = pd.read_csv(out / "results.csv")
+    assert set(df.loc[df["run"].str.startswith("causal"), "steps"]) == {3}
+    assert "3 training steps per run, fixed by --time 30s per run" in (out / "results.md").read_text()
+
+    # the trained runs bind the budget: another --time is refused before anything is measured,
+    # the recorded steps given as --steps continue the sweep
+    capsys.readouterr()
+    assert main(_time_args(graph, data, config, out, "1m", "--print-commands")) == 2
+    err = capsys.readouterr().err
+    assert "--time 30s" in err and "--steps 3" in err and str(out) in err and "Traceback" not in err
+    args = _args(graph, data, config, out, "--n", "4", "--eval-steps", "2", "--predictor-steps", "5", "--print-commands")
+    args[args.index("--fractions") + 1: args.index("--seeds")] = ["1"]
+    args[args.index("--steps") + 1] = "3"
+    assert main(args) == 0
+    assert all(c.startswith("# trained: ") for c in capsys.readouterr().out.splitlines() if "causaldiffae train" in c)
+
+
+@pytest.mark.parametrize("budget", ["ten minutes", "10x", "0s", "-5m", "1h30"])
+def test_a_bad_time_budget_exits_2_naming_it_before_anything_is_written(tmp_path, capsys, budget):
+    out = tmp_path / "sweep"
+    args = ["ablate", "label-fraction", "--graph", "world.dot", "--data", "data", f"--time={budget}", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--time" in err and repr(budget) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_steps_and_time_together_are_refused(tmp_path, capsys):
+    from causaldiffae.errors import ConfigError
+
+    assert main(["ablate", "label-fraction", "--graph", "g.dot", "--data", "d", "--steps", "5", "--time", "1m",
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'1m'"):
+        ablation.label_fraction("g.dot", "d", tmp_path / "b", steps=5, time="1m")
+    with pytest.raises(ConfigError, match="'soon'"):
+        ablation.label_fraction("g.dot", "d", tmp_path / "c", time="soon")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_plots_label_both_axes_with_units_and_error_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    key = "effectiveness.mean.intervened"
+    rows = [{"run": f"c{f}{s}", "model": "CausalDiffAE", "label_fraction": f, "strength": w, "metric": key, "value": v}
+            for f, w in ((0.1, 1.0), (1.0, 2.0)) for s, v in ((0, 0.3), (1, 0.5))]
+    rows += [{"run": "do-nothing", "model": "do-nothing", "label_fraction": np.nan, "strength": np.nan, "metric": key, "value": 0.9}]
+    df = pd.DataFrame(rows)
+    (head,) = ablation.headline_metrics([key])
+    for by, xlabel in (("label_fraction", "label fraction"), ("strength", "guidance weight w")):
+        fig, ax = plt.subplots()
+        ablation.plot_metric(ax, ablation.summarise(df, by), head, by)
+        assert xlabel in ax.get_xlabel()
+        assert "normalised units" in ax.get_ylabel() and "better" in ax.get_ylabel()
+        assert ax.get_xscale() == ("log" if by == "label_fraction" else "linear")
+        (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert bars.has_yerr
+        assert any(line.get_label() == "do-nothing" for line in ax.get_lines())
+        plt.close(fig)
