@@ -473,6 +473,7 @@ def run_one(sweep: Sweep, spec: RunSpec, es: EvalSet, threads: int | None = None
     if rows is not None:
         return rows
     step = _trained_steps(run_dir)
+    train_seconds = None
     if step is None or step < sweep.steps:
         resume = step is not None
         if progress:
@@ -482,10 +483,32 @@ def run_one(sweep: Sweep, spec: RunSpec, es: EvalSet, threads: int | None = None
         pipeline.fit(sweep.graph, sweep.data, run_dir, config=None if resume else str(sweep.train_config_path), resume=resume,
                      device=sweep.device, progress=progress, overwrite=not resume, check=False,
                      label_fraction=spec.label_fraction, seed=spec.seed, variant=spec.variant, steps=sweep.steps)
+        if not resume:  # trained in one go: its log's clock covers the whole run
+            train_seconds = _log_seconds(run_dir)
+    else:
+        train_seconds = _read_marker(marker).get("train_seconds")  # re-scored: keep what its training took
     results = score_run(run_dir, es, sweep.evaluation, device=sweep.device)
     rows = evaluation_rows(results, spec.name)
-    _write_finished(marker, evaluation, rows, intended_source=results.get("intended_source"), steps=sweep.steps)
+    _write_finished(marker, evaluation, rows, intended_source=results.get("intended_source"), steps=sweep.steps,
+                    train_seconds=train_seconds)
     return rows
+
+
+def _log_seconds(run_dir: Path) -> float | None:
+    """The training loop's seconds in ``run_dir/log.jsonl`` (its last row's ``elapsed_s``), or None."""
+    try:
+        last = (Path(run_dir) / "log.jsonl").read_text().splitlines()[-1]
+        return float(json.loads(last)["elapsed_s"])
+    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    """A finished marker's content, or {} when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _run_all(tasks: list[tuple], fn, jobs: int, threads: int | None, progress: bool, what: str) -> list[list[dict]]:
@@ -597,6 +620,21 @@ def _plan_key(sweep: Sweep) -> dict[str, Any]:
             "device": sweep.device}
 
 
+def _budget(time: float | str) -> tuple[str, float]:
+    """A time budget as given (``"10m"``, or seconds) -> (its text, seconds > 0); ConfigError naming a bad one."""
+    from causaldiffae.training import parse_duration
+
+    if isinstance(time, str):
+        return time, parse_duration(time)
+    try:
+        seconds = float(time)
+    except (TypeError, ValueError):
+        raise ConfigError(f"cannot read the time budget {time!r}: use e.g. 90s, 10m, 1h or 1h30m, or seconds") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"the time budget must be a positive duration, got {time!r}")
+    return f"{seconds:g}s", seconds
+
+
 def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progress: bool = True,
               comment: bool = False) -> dict[str, Any]:
     """Fix the steps of every run of ``sweep`` from a time budget per run; the plan (also ``sweep.steps``).
@@ -610,12 +648,9 @@ def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progr
     refused once a run has been trained. ``progress``: say what happens (``comment``: as ``# `` lines,
     for ``--print-commands``, whose output stays a shell script).
     """
-    from causaldiffae.training import format_duration, parse_duration
+    from causaldiffae.training import format_duration
 
-    text = time if isinstance(time, str) else f"{float(time):g}s"
-    seconds = parse_duration(time) if isinstance(time, str) else float(time)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f"the time budget must be a positive duration, got {time!r}")
+    text, seconds = _budget(time)
     out = Path(sweep.out)
     path = out / TIME_PLAN
     key = _plan_key(sweep)
@@ -794,10 +829,8 @@ def label_fraction(
         raise ConfigError(f"give either steps ({steps}) or a time budget ({time!r}), not both")
     if steps is not None and int(steps) < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
-    if isinstance(time, str):
-        from causaldiffae.training import parse_duration
-
-        parse_duration(time)  # a bad duration is refused before anything is written
+    if time is not None:
+        _budget(time)  # a bad duration is refused before anything is written
     out = Path(out)
     if isinstance(graph, CausalGraph):
         out.mkdir(parents=True, exist_ok=True)
@@ -838,6 +871,12 @@ def label_fraction(
     plan = sweep.time_plan
     fixed = (f", fixed by --time {plan['time']} per run at the measured {plan['seconds_per_step']:.3g} s/step ({TIME_PLAN})"
              if plan else "")
+    took = [t for t in (_read_marker(sweep.run_dir(sp) / FINISHED).get("train_seconds") for sp in specs) if t is not None]
+    if took:
+        from causaldiffae.training import format_duration
+
+        fixed += (f"; the {len(took)} run{'s' if len(took) != 1 else ''} trained in one go took "
+                  f"{format_duration(min(took))} to {format_duration(max(took))} of training each")
     notes = _notes(es, per_run[0], sweep.evaluation, f"{sweep.steps} training steps per run{fixed} "
                    f"({'config ' + sweep.config if sweep.config else 'budget_config'}), seeds {', '.join(map(str, sweep.seeds))}")
     write_report(df, out, title, by="label_fraction", notes=notes)

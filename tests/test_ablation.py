@@ -276,7 +276,10 @@ def test_a_time_budget_fixes_one_step_count_for_every_run_and_a_rerun_reuses_it(
         assert meta["step"] == 3
     df = pd.read_csv(out / "results.csv")
     assert set(df.loc[df["run"].str.startswith("causal"), "steps"]) == {3}
-    assert "3 training steps per run, fixed by --time 30s per run" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "3 training steps per run, fixed by --time 30s per run" in md
+    took = [json.loads((out / "runs" / n / ablation.FINISHED).read_text())["train_seconds"] for n in ("causal-1-seed0", "causal-1-seed1")]
+    assert all(t > 0 for t in took) and "the 2 runs trained in one go took" in md  # what the plan bought, for the reader to check
 
     # the trained runs bind the budget: another --time is refused before anything is measured,
     # the recorded steps given as --steps continue the sweep
