@@ -239,8 +239,14 @@ def main() -> None:
         q.add_argument("--steps-eval", type=int, default=20, help="DDIM steps of every query")
     a = p.parse_args()
     torch.manual_seed(0)
-    {"fraction": cmd_fraction, "strength": cmd_strength, "recon-steps": cmd_recon_steps, "baselines": cmd_baselines,
-     "references": cmd_references}[a.cmd](a)
+    from causaldiffae.errors import CausalDiffAEError
+
+    try:
+        {"fraction": cmd_fraction, "strength": cmd_strength, "recon-steps": cmd_recon_steps, "baselines": cmd_baselines,
+         "references": cmd_references}[a.cmd](a)
+    except CausalDiffAEError as e:  # a bad value (e.g. --time 10x): one line, as from causaldiffae ablate
+        print(f"ablations.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
