@@ -4,6 +4,7 @@ Two sweeps, the same from Python and from the command line (``causaldiffae ablat
 
     from causaldiffae import ablation
     df = ablation.label_fraction("my_graph.dot", "my_folder", "runs/frac", fractions=(0.1, 1.0), seeds=3, steps=600)
+    df = ablation.label_fraction("my_graph.dot", "my_folder", "runs/frac-10m", seeds=3, time="10m")  # 10 min per run
     df = ablation.strength(["runs/frac/runs/causal-1-seed0"], "my_folder", "runs/strength")
 
 **label_fraction** trains one run per (label fraction, seed), plus each baseline variant (Diff-AE:
