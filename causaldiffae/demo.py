@@ -2,8 +2,8 @@
 
 ``causaldiffae demo`` draws scenes from the *test split* of the data set the model was trained on
 (never a training scene: Pendulum's grid is finite and Morpho-MNIST has 5,000 digits, so fresh
-draws would repeat training images), rendered as the model saw them (the shipped Pendulum model:
-the legacy thin shadow, see ``causaldiffae/pretrained/generators.json``). It intervenes on every
+draws would repeat training images), rendered as the model saw them (the generator parameters its checkpoint records,
+else ``causaldiffae/pretrained/generators.json``). It intervenes on every
 node in turn (each image gets the value of another image), and writes one grid: per scene, the
 factual image, then for each intervention the model's counterfactual and the simulator's true one
 (for an intervention without an exact counterfactual, Morpho-MNIST's do(digit), the simulator's

@@ -101,9 +101,11 @@ def test_generator_json_records_the_width_and_old_folders_keep_the_thin_shadow(t
 def test_the_shipped_pendulum_model_is_evaluated_on_the_shadow_it_was_trained_on():
     _, meta = load_checkpoint(PRETRAINED_DIR / "pendulum.safetensors")
     params = model_generator_params("pendulum", meta)
-    assert params["shadow_width"] == 0.5 and simulator_from_params(params).shadow_width == 0.5
+    assert params["shadow_width"] == 2.0 and simulator_from_params(params).shadow_width == 2.0
     pred = load_predictors(PRETRAINED_DIR / "pendulum.predictors.safetensors")
-    assert pred.meta["source"]["params"]["shadow_width"] == 0.5  # its predictors read the same rendering
+    assert pred.meta["source"]["params"]["shadow_width"] == 2.0  # its predictors read the same rendering
+    # a shipped model without generator info in its checkpoint falls back on pretrained/generators.json
+    assert model_generator_params("pendulum", {})["generator"] == "pendulum"
     # a model trained on a generated folder records the folder's generator (pipeline data info)
     assert model_generator_params("run", {"data": {"generator": {"generator": "pendulum", "shadow_width": 2.0}}})["shadow_width"] == 2.0
     assert model_generator_params("not-shipped-and-no-info", {}) is None

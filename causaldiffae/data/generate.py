@@ -168,8 +168,8 @@ def model_generator_params(run: Any, meta: Mapping[str, Any] | None = None) -> d
 
     From the checkpoint's data info (``meta["data"]["generator"]``, recorded by training on a
     generated folder), else, for a shipped model named ``run``, from
-    ``causaldiffae/pretrained/generators.json`` (the shipped Pendulum model was trained on the
-    legacy thin shadow, so its evaluation and demo must render that one).
+    ``causaldiffae/pretrained/generators.json`` (a model must be evaluated and demonstrated on the
+    rendering it was trained on, e.g. Pendulum's shadow width).
     """
     data = (meta or {}).get("data") if isinstance(meta, Mapping) else None
     if isinstance(data, Mapping) and isinstance(data.get("generator"), Mapping):
