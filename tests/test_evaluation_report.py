@@ -176,6 +176,17 @@ def test_field_scores_sit_beside_do_nothing_floor_and_published(model, data, fn,
     assert "field units (published: a reference model (test))" in text and "a MAE (0-255)" in text
 
 
+def test_field_scores_of_the_models_own_counterfactuals(model, data):
+    ds, table = data
+    res = M.evaluate(model, ds, predictors=Brightness(), simulator=FieldSim(), table=table, n=8, steps=2,
+                     metrics=("field",), progress=False)
+    for name, d in res["field"]["by_intervention"].items():
+        assert d["n"] == 8 and len(d["scores"]) == 2, name
+        for e in d["scores"]:
+            assert np.isfinite(e["model"]) and np.isfinite(e["do_nothing"]) and np.isfinite(e["floor"]), (name, e)
+            assert ("drift" in e) == (e["role"] == "non_descendant"), (name, e)
+
+
 def test_a_simulator_without_field_metrics_gets_a_clear_note(model, data):
     ds, table = data
     res = M.evaluate(model, ds, simulator=tiny_simulator, table=table, n=16, metrics=("ground_truth", "field"),

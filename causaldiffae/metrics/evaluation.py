@@ -240,7 +240,8 @@ def evaluate(
                             floor_rows[name] = {"truth": truth, "labels": _cf_labels_from_table(graph, cf_table)}
                 if "field" in want:
                     intended_values = {nd: cf_table[nd].to_numpy() for nd in graph.nodes if nd in cf_table.columns}
-                    ft = field_table(simulator, graph, do, res, x.cpu(), None if no_truth else truth, intended_values,
+                    x_cf = res.images if isinstance(res, cf.CounterfactualResult) else res
+                    ft = field_table(simulator, graph, do, x_cf.cpu(), x.cpu(), None if no_truth else truth, intended_values,
                                      predictors=predictors, no_truth="; ".join(no_truth) or None)
                     if ft is not None:
                         field[name] = ft
