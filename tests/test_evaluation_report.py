@@ -4,6 +4,7 @@ floor and the published best. Tiny world (a -> b) and counterfactual_fn baseline
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def test_without_a_simulator_the_floors_are_unknown_and_no_field_scores(model, d
     assert "floors unknown" in M.summary_lines(res)[0]
 
 
-def test_inexact_interventions_are_left_out_of_the_gate(model, data):
+def test_inexact_interventions_are_left_out_of_the_gate(model, data, tmp_path):
     ds, table = data
     sim = FieldSim()
     sim.no_true_counterfactual = {"b": "b's true image would come from another source"}
@@ -144,6 +145,11 @@ def test_inexact_interventions_are_left_out_of_the_gate(model, data):
     assert fb["floor_note"] == "no true counterfactual (b's true image would come from another source)"
     b = next(e for e in fb["scores"] if e["node"] == "b")
     assert b["floor"] is None and b["achieved_fraction"] == 0.0
+    # both land in the strict JSON that evaluate writes
+    js, _ = M.write_report(res, tmp_path)
+    back = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert back["predictor_floors"]["excluded"] == fl["excluded"] and back["predictor_floors"]["passed"] is True
+    assert back["field"]["by_intervention"]["do(b)"]["floor_note"] == fb["floor_note"]
 
 
 # ----------------------------------------------------------------------------- the field's units
