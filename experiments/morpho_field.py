@@ -46,7 +46,7 @@ def main() -> None:
     table = sim.split_rows("test", args.n, seed=args.seed)
     dataset = ImageLabelDataset.from_arrays(sim.render(table, H), table[g.label_columns].to_numpy(np.float32), g.nodes)
     res = metrics.evaluate(model, dataset, predictors=pred, simulator=sim, table=table, n=len(table), steps=args.steps,
-                           strength=args.strength, composition_cycles=(1, args.cycles), seed=args.seed,
+                           strength=args.strength, composition_cycles=sorted({1, args.cycles}), seed=args.seed,
                            metrics=("field", "composition", "effectiveness"))
     md = metrics.to_markdown(res, title=f"Morpho-MNIST in the benchmark's units ({len(table)} test digits, "
                                         f"{args.steps} DDIM steps, strength {args.strength}, seed {args.seed})")
