@@ -538,10 +538,13 @@ def _predictors(args) -> int:
 
 @command("evaluate")
 def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="reconstruction, effectiveness (beside do-nothing and floor), composition, reversibility, "
-                                        "ground truth (whole image and changed region), latent mechanism check and DCI",
-                       description="Score a run: reconstruction, effectiveness (beside do-nothing and floor), composition, "
-                                   "reversibility, ground truth (whole image and changed region), latent mechanism check and DCI.")
+    p = sub.add_parser("evaluate", help="reconstruction, effectiveness (beside do-nothing and floor, with the predictors' floor gate), "
+                                        "composition, reversibility, ground truth (whole image and changed region), latent mechanism "
+                                        "check, DCI and the field's units (Morpho-MNIST)",
+                       description="Score a run: reconstruction, effectiveness (beside do-nothing and floor, with the predictors' "
+                                   "floors on the true counterfactuals and the 0.05 gate), composition, reversibility, ground truth "
+                                   "(whole image and changed region), latent mechanism check, DCI, and where the simulator has "
+                                   "them the scores in the field's units beside the published best (Morpho-MNIST).")
     p.add_argument("--run", required=True, help="run folder or checkpoint")
     p.add_argument("--data", required=True, help="data folder / .npz / generated name (a generated folder brings its simulator)")
     p.add_argument("--predictors", help="predictors file (default: RUN/predictors.safetensors, or X.predictors.safetensors "
@@ -557,7 +560,8 @@ def _evaluate_parser(sub) -> None:
                    help="effectiveness' intended labels (auto: the simulator if any, else DoWhy)")
     p.add_argument("--dowhy", choices=["auto", "linear"], default="auto", help="DoWhy mechanisms: auto-assigned or linear additive noise")
     p.add_argument("--metrics", nargs="+", metavar="METRIC",
-                   help="run only these (reconstruction effectiveness composition reversibility ground_truth latent dci)")
+                   help="run only these (reconstruction effectiveness composition reversibility ground_truth latent dci field; "
+                        "field: the simulator's scores in the field's units, e.g. Morpho-MNIST's)")
     p.add_argument("--split", default="test", help="rows of the data's split column to evaluate on (ignored without one)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the image pick and the intervention values")
     p.add_argument("-o", "--out", help="output folder (default: RUN/evaluation)")

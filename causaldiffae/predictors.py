@@ -52,11 +52,11 @@ from torch import nn
 from causaldiffae.checkpoint import PRETRAINED_DIR, load_checkpoint, save_checkpoint
 from causaldiffae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from causaldiffae.graph import CausalGraph
+from causaldiffae.metrics.floors import FLOOR_GATE, gate_verdict  # the gate on true counterfactuals (re-exported)
 
 KIND = "causaldiffae-predictors"
 PREDICTORS_NAME = "predictors.safetensors"
 POOL = 4
-FLOOR_GATE = 0.05  # the most a predictor may err on true counterfactuals (normalised units / error rate)
 
 
 def _trunk_strides(size: int) -> list[int]:
@@ -530,12 +530,10 @@ def predictor_floors(
         cf_labels = np.array(cf[g.label_columns].to_numpy(np.float32))
         xc, _ = ImageLabelDataset.from_arrays(raw, cf_labels, g.nodes).batch(range(len(table)))
         errors[name] = node_scores(predictors, predictors.predict(xc), torch.as_tensor(cf_labels))
-    worst = {node: max((r[node] for r in errors.values() if r.get(node) is not None), default=None) for node in g.nodes}
-    failures = [[d, node, e] for d, r in errors.items() for node, e in r.items() if e is not None and e > gate]
     return {
         "errors": errors,
         "metric": {node: "error_rate" if predictors.is_categorical(node) else "mae" for node in g.nodes},
-        "worst": worst, "gate": float(gate), "passed": not failures, "failures": failures,
+        **gate_verdict(errors, gate), "gate": float(gate),
         "excluded": excluded, "n": int(len(table)), "split": split, "simulator": simulator.generator_params(),
     }
 

@@ -225,6 +225,10 @@ def test_cli_predictors_and_evaluate_write_json_and_markdown(tiny_run, data_fold
     assert set(res["latent"]["by_intervention"]) == {"do(a)", "do(b)"}
     printed = capsys.readouterr().out
     assert "do(a)" in printed and "nothing" in printed and "achieved" in printed and "latent" in printed
+    # no simulator: the predictors' floors are unknown and the field's units are not reported, both said
+    assert res["predictor_floors"]["unknown"].startswith("no simulator") and "floors unknown" in md
+    assert printed.startswith("predictor floors") and "floors unknown" in printed.splitlines()[0]
+    assert res["skipped"]["field"] == "no simulator for this data set" and "field (no simulator" in printed
 
 
 def test_cli_evaluate_bad_input_exits_2(tmp_path, data_folder, tiny_run, capsys):

@@ -38,6 +38,14 @@ PUBLISHED_BEST = {
     "composition_l1": {"1": 0.438, "10": 1.550},
 }
 
+#: The units of :func:`field_metrics`' scores (what :mod:`causaldiffae.metrics.field` needs to put
+#: them beside do-nothing and floor): the node each reads, its label, and which way is better.
+FIELD_UNITS = {
+    "thickness_mae_px": {"node": "thickness", "label": "thickness MAE (px)", "higher_is_better": False, "best": 0.0},
+    "intensity_mae": {"node": "intensity", "label": "intensity MAE (0-255)", "higher_is_better": False, "best": 0.0},
+    "digit_accuracy": {"node": "digit", "label": "digit accuracy", "higher_is_better": True, "best": 1.0},
+}
+
 
 def to_uint8_digits(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Model-ready images ``(B, 1, H, W)`` in [-1, 1] (or uint8 ``(B, H, W[, 1])``) -> ``(B, 28, 28)``

@@ -485,3 +485,10 @@ class MorphoMNISTSimulator(Simulator):
         from causaldiffae.data.morpho_benchmark import PUBLISHED_BEST
 
         return PUBLISHED_BEST
+
+    @property
+    def field_units(self) -> Mapping[str, Mapping[str, Any]]:
+        """The units of :meth:`field_metrics`' scores (:data:`causaldiffae.data.morpho_benchmark.FIELD_UNITS`)."""
+        from causaldiffae.data.morpho_benchmark import FIELD_UNITS
+
+        return FIELD_UNITS

@@ -83,6 +83,9 @@ class Simulator(ABC):
         return None
 
     field_reference: Mapping[str, Any] | None = None
+    #: The units of :meth:`field_metrics`' scores: score key -> ``{"node": the node it reads, "label":
+    #: its name with units, "higher_is_better": bool, "best": the perfect value}``; empty where there are none.
+    field_units: Mapping[str, Mapping[str, Any]] = {}
 
     # -- shared --------------------------------------------------------------------------------
     def __call__(self, table: pd.DataFrame, do: Mapping[str, Any | Callable], size: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:

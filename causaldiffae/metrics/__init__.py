@@ -10,6 +10,8 @@ Plain functions over a trained :class:`~causaldiffae.model.CausalDiffAE`; images
     effectiveness_baselines(model, predictors, x, do, intended, x_cf, truth)  # model / do-nothing / floor / achieved fraction
     ground_truth_error(model, x, table, do, pendulum.true_counterfactual)      # whole image and changed region, beside the identity
     mechanism_check(model, x, do, intended, labels)  # encoder + SCM only: the share of each descendant's true change
+    field_table(sim, graph, do, x_cf, x, truth, intended)  # a simulator's field_metrics beside do-nothing / floor / published
+    evaluation_floors(graph, predictors, x, labels, rows)  # the predictors' floors on the true counterfactuals, with the gate
     dci(z, labels)                                  # Eastwood & Williams' disentanglement / completeness / informativeness
     evaluate(model, dataset, predictors)            # everything that applies, as one JSON-safe dict
 
@@ -24,6 +26,8 @@ One file per concept:
 ``latent``                 the mechanism check of encoder + SCM, without diffusion
 ``soundness``              the axioms: composition and reversibility
 ``ground_truth``           the simulator's true counterfactuals, pixel error on the whole image and the changed region
+``floors``                 the predictors' floors (error on the true counterfactuals) and the 0.05 gate
+``field``                  a simulator's scores in the field's units, beside do-nothing, floor and the published best
 ``disentanglement``        DCI
 ``evaluation``             the ``evaluate`` driver
 ``report``                 strict JSON and Markdown reports
@@ -38,6 +42,8 @@ from causaldiffae.metrics.baselines import MIN_GAP, achieved_fraction, score_aga
 from causaldiffae.metrics.disentanglement import dci
 from causaldiffae.metrics.effectiveness_scores import effectiveness, effectiveness_baselines, label_errors
 from causaldiffae.metrics.evaluation import INTENDED_SOURCES, METRICS, evaluate
+from causaldiffae.metrics.field import field_fraction, field_table, has_field_metrics
+from causaldiffae.metrics.floors import FLOOR_GATE, evaluation_floors, gate_verdict
 from causaldiffae.metrics.ground_truth import (
     CHANGE_TOLERANCE,
     changed_region,
@@ -59,7 +65,8 @@ from causaldiffae.metrics.report import summary_lines, to_jsonable, to_markdown,
 from causaldiffae.metrics.soundness import composition, reversibility
 
 __all__ = [
-    "CHANGE_TOLERANCE", "INTENDED_SOURCES", "METRICS", "MIN_GAP", "achieved_fraction", "changed_region", "composition", "dci", "default_interventions", "do_label", "dowhy_intended",
+    "CHANGE_TOLERANCE", "FLOOR_GATE", "INTENDED_SOURCES", "evaluation_floors", "field_fraction", "field_table", "gate_verdict",
+    "has_field_metrics", "METRICS", "MIN_GAP", "achieved_fraction", "changed_region", "composition", "dci", "default_interventions", "do_label", "dowhy_intended",
     "effectiveness", "effectiveness_baselines", "evaluate", "label_errors", "mechanism_check", "find_simulator", "fit_dowhy_scm", "ground_truth_error", "l1_255", "mse",
     "node_groups", "psnr", "reconstruction", "reversibility", "score_against_baselines", "scm_counterfactual_labels", "ssim",
     "summary_lines", "to_jsonable", "to_markdown", "true_counterfactual_images", "write_report",

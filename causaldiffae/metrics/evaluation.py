@@ -15,6 +15,8 @@ from causaldiffae.errors import DataError
 from causaldiffae.metrics.baselines import MIN_GAP, mean_fraction
 from causaldiffae.metrics.disentanglement import dci
 from causaldiffae.metrics.effectiveness_scores import effectiveness, effectiveness_baselines
+from causaldiffae.metrics.field import field_table, has_field_metrics
+from causaldiffae.metrics.floors import FLOOR_GATE, evaluation_floors
 from causaldiffae.metrics.ground_truth import CHANGE_TOLERANCE, ground_truth_error, true_counterfactual_images
 from causaldiffae.metrics.images import reconstruction
 from causaldiffae.metrics.intended import dowhy_intended, fit_dowhy_scm
@@ -22,7 +24,7 @@ from causaldiffae.metrics.latent import mechanism_check
 from causaldiffae.metrics.interventions import _cf_labels_from_table, _table_for, default_interventions, do_label
 from causaldiffae.metrics.soundness import composition, reversibility
 
-METRICS = ("reconstruction", "effectiveness", "composition", "reversibility", "ground_truth", "latent", "dci")
+METRICS = ("reconstruction", "effectiveness", "composition", "reversibility", "ground_truth", "latent", "dci", "field")
 INTENDED_SOURCES = ("auto", "simulator", "dowhy", "scm")
 
 
@@ -57,6 +59,7 @@ def evaluate(
     min_gap: float = MIN_GAP,
     change_tolerance: float = CHANGE_TOLERANCE,
     counterfactual_fn: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
+    floor_gate: float = FLOOR_GATE,
 ) -> dict[str, Any]:
     """Run every metric that applies on ``n`` images of ``dataset``; a JSON-safe dict.
 
@@ -85,11 +88,22 @@ def evaluate(
             ``counterfactual_fn(images, do) -> (B, C, H, W)`` in [-1, 1] (e.g. a baseline, or the
             identity ``lambda x, do: x``); reconstruction, composition and reversibility, which
             query the model itself, are then skipped. The latent check always reads the model.
+        floor_gate: the most a predictor may err on the true counterfactuals (:data:`~causaldiffae.metrics.floors.FLOOR_GATE`).
 
     Effectiveness carries its baselines (``effectiveness.by_intervention[do].baselines``: model /
     do-nothing / floor / achieved fraction / drift, :func:`effectiveness_baselines`); ground truth
     the identity's score and the changed region (:func:`ground_truth_error`); ``latent`` the
     mechanism check of encoder + SCM (:func:`~causaldiffae.metrics.latent.mechanism_check`).
+
+    With effectiveness, ``predictor_floors`` holds the predictors' floors (their error on the
+    simulator's true counterfactuals of every intervention, and on the factual images, row
+    ``none``) and the gate (every floor <= ``floor_gate``), laid out as
+    :func:`causaldiffae.predictors.predictor_floors` does; they are the effectiveness table's floor
+    column where its intended labels are the simulator's (the same quantity, read once), else read
+    from the true counterfactuals already rendered (:func:`~causaldiffae.metrics.floors.evaluation_floors`).
+    Without a simulator ``predictor_floors`` says they are unknown. ``field`` (a simulator with
+    ``field_metrics``, e.g. Morpho-MNIST) scores each intervention in the field's units beside
+    do-nothing, floor and the published best (:func:`~causaldiffae.metrics.field.field_table`).
     """
     from tqdm.auto import tqdm
 
@@ -130,12 +144,17 @@ def evaluate(
     if "ground_truth" in want and simulator is None:
         skipped["ground_truth"] = "no simulator for this data set"
         want.discard("ground_truth")
+    if "field" in want and not has_field_metrics(simulator):
+        skipped["field"] = ("no simulator for this data set" if simulator is None else
+                            f"the {getattr(simulator, 'name', '') or 'given'} simulator defines no scores in the field's units "
+                            "(Simulator.field_metrics)")
+        want.discard("field")
     if counterfactual_fn is not None:
         for m in ("reconstruction", "composition", "reversibility"):
             if m in want:
                 skipped[m] = "scores the model's own queries, not those of counterfactual_fn"
                 want.discard(m)
-    needs_cf = bool({"effectiveness", "ground_truth"} & want)
+    needs_cf = bool({"effectiveness", "ground_truth", "field"} & want)
     needs_target = bool({"effectiveness", "latent"} & want)
     stages = (("reconstruction" in want) + ("composition" in want) + ("dci" in want)
               + len(interventions) * ((needs_cf or "latent" in want) + ("reversibility" in want)))
@@ -183,8 +202,9 @@ def evaluate(
                 skipped["latent"] = "needs intended labels from a simulator or DoWhy (the model's own SCM cannot check itself)"
                 want.discard("latent")
 
-        eff, gt, rev, lat = {}, {}, {}, {}
+        eff, gt, rev, lat, field = {}, {}, {}, {}, {}
         gt_excluded: dict[str, str] = {}
+        floor_rows: dict[str, dict[str, Any]] = {}  # per intervention: the predictors' floor, or what to read it from
         for do in interventions:
             name = do_label(do)
             # a simulator that cannot answer this do() exactly (Morpho-MNIST's do(digit) swaps in another
@@ -194,7 +214,7 @@ def evaluate(
             if needs_cf or "latent" in want:
                 stage(f"counterfactual {name}")
                 truth = cf_table = None
-                if simulator is not None and ("ground_truth" in want or source == "simulator" or "effectiveness" in want):
+                if simulator is not None and ({"ground_truth", "effectiveness", "field"} & want or source == "simulator"):
                     truth, cf_table = true_counterfactual_images(model, table, do, simulator, size=simulator_size)
                 target = None
                 if source == "simulator" and needs_target:
@@ -213,6 +233,18 @@ def evaluate(
                     if target is not None:
                         eff[name]["baselines"] = effectiveness_baselines(model, predictors, x.cpu(), do, target, res,
                                                                          truth=truth, min_gap=min_gap)
+                    if truth is not None and not no_truth:
+                        if source == "simulator" and "baselines" in eff[name]:  # the same quantity: no second reading
+                            floor_rows[name] = {"floor": {n: e["floor"] for n, e in eff[name]["baselines"]["per_node"].items()}}
+                        else:
+                            floor_rows[name] = {"truth": truth, "labels": _cf_labels_from_table(graph, cf_table)}
+                if "field" in want:
+                    intended_values = {nd: cf_table[nd].to_numpy() for nd in graph.nodes if nd in cf_table.columns}
+                    x_cf = res.images if isinstance(res, cf.CounterfactualResult) else res
+                    ft = field_table(simulator, graph, do, x_cf.cpu(), x.cpu(), None if no_truth else truth, intended_values,
+                                     predictors=predictors, no_truth="; ".join(no_truth) or None)
+                    if ft is not None:
+                        field[name] = ft
                 if "ground_truth" in want and no_truth:
                     gt_excluded[name] = "; ".join(no_truth)
                 elif "ground_truth" in want:
@@ -244,6 +276,22 @@ def evaluate(
             }
         if gt_excluded:
             out.setdefault("ground_truth", {"by_intervention": {}})["excluded"] = gt_excluded
+        if "effectiveness" in want:
+            if simulator is None:
+                out["predictor_floors"] = {"unknown": "no simulator for this data set: the predictors' error on true "
+                                                      "counterfactuals cannot be measured, so every effectiveness figure is "
+                                                      "only as good as the predictors' validation error", "gate": float(floor_gate)}
+            else:
+                excluded = {do_label(d): "; ".join(v for k, v in getattr(simulator, "no_true_counterfactual", {}).items() if k in d)
+                            for d in interventions if do_label(d) not in floor_rows}
+                out["predictor_floors"] = evaluation_floors(graph, predictors, x.cpu(), labels, floor_rows,
+                                                            excluded={k: v for k, v in excluded.items() if v}, gate=floor_gate)
+        if "field" in want:
+            if field:
+                out["field"] = {"simulator": getattr(simulator, "name", None), "units": dict(simulator.field_units),
+                                "reference": getattr(simulator, "field_reference", None), "by_intervention": field}
+            else:
+                skipped["field"] = "the simulator's field_metrics returned nothing for these interventions"
         if lat:
             out["latent"] = {"mean_achieved_fraction": {"descendants": mean_fraction(list(lat.values()), "descendants")},
                              "by_intervention": lat}

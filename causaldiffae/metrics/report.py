@@ -58,19 +58,67 @@ def _score(e: Mapping[str, Any]) -> str:
     return f"{e['achieved_fraction']:.3f}"
 
 
+def _field_score(e: Mapping[str, Any]) -> str:
+    if "drift" in e:
+        return "–" if e["drift"] is None else f"drift {e['drift']:+.3g}"
+    if e.get("achieved_fraction") is None:
+        return "– (gap too small)" if e.get("note", "").startswith("do-nothing") else "–"
+    return f"{e['achieved_fraction']:.3f}"
+
+
+def _floor_rows(floors: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, list[str]]]:
+    """(row name, one cell per node) of the predictor floors, the worst row last."""
+    rows = [(row, [_fmt(errs.get(n), 3) for n in nodes]) for row, errs in floors.get("errors", {}).items()]
+    rows.append(("worst", [_fmt(floors.get("worst", {}).get(n), 3) for n in nodes]))
+    return rows
+
+
+def floors_lines(results: Mapping[str, Any]) -> list[str]:
+    """The predictors' floors (their error on the true counterfactuals) and the gate's verdict, for the terminal."""
+    from causaldiffae.metrics.floors import verdict_text
+
+    fl = results.get("predictor_floors")
+    if not fl:
+        return []
+    out = [f"predictor floors (error on the simulator's true counterfactuals; gate <= {fl.get('gate', 0.05):g}): {verdict_text(fl)}"]
+    if fl.get("unknown"):
+        return out
+    nodes = [n for n in results.get("nodes", []) if n in fl.get("metric", {})] or list(fl.get("metric", {}))
+    out.append(f"  {'row':<24}" + "".join(f" {n[:16]:>16}" for n in nodes))
+    for row, cells in _floor_rows(fl, nodes):
+        out.append(f"  {row:<24}" + "".join(f" {c:>16}" for c in cells))
+    for row, why in (fl.get("excluded") or {}).items():
+        out.append(f"  {row}: left out (no exact true counterfactual: {why})")
+    return out
+
+
+def field_lines(d: Mapping[str, Any], reference_model: str | None = None) -> list[str]:
+    """One intervention's scores in the field's units (:func:`causaldiffae.metrics.field.field_table`), for the terminal."""
+    out = [f"  field units{f' (published: {reference_model})' if reference_model else ''}:"
+           f"{'' if 'floor_note' not in d else ' floor: ' + d['floor_note']}",
+           f"    {'score':<24} {'reader':<12} {'role':<15} {'model':>9} {'nothing':>9} {'floor':>9} {'published':>9} {'achieved':>17}"]
+    for e in d.get("scores", []):
+        out.append(f"    {e['label']:<24} {e['reader']:<12} {e['role']:<15} {_fmt(e['model'], 3):>9} {_fmt(e['do_nothing'], 3):>9} "
+                   f"{_fmt(e['floor'], 3):>9} {_fmt(e['published'], 3):>9} {_field_score(e):>17}")
+    return out
+
+
 def summary_lines(results: Mapping[str, Any]) -> list[str]:
-    """Plain-text lines for the terminal: per intervention, per node, model / do-nothing / floor /
-    achieved fraction (or drift) of effectiveness and of the latent check, and the ground truth on
-    the whole image and on the changed region beside the identity's."""
+    """Plain-text lines for the terminal: the predictors' floors and the gate's verdict; then per
+    intervention, per node, model / do-nothing / floor / achieved fraction (or drift) of
+    effectiveness and of the latent check, the ground truth on the whole image and on the changed
+    region beside the identity's, and the scores in the field's units where the simulator has them."""
     r = results
     eff = (r.get("effectiveness") or {}).get("by_intervention", {})
     lat = (r.get("latent") or {}).get("by_intervention", {})
     gt = (r.get("ground_truth") or {}).get("by_intervention", {})
-    out = []
+    fld = (r.get("field") or {}).get("by_intervention", {})
+    ref_model = ((r.get("field") or {}).get("reference") or {}).get("model")
+    out = floors_lines(r)
     for name in r.get("interventions", []):
         b = (eff.get(name) or {}).get("baselines")
         lt = lat.get(name)
-        if b is None and lt is None and name not in gt:
+        if b is None and lt is None and name not in gt and name not in fld:
             continue
         out.append(f"{name}  (intended: {r.get('intended_source', '?')}; MAE in normalised units)")
         if b is not None or lt is not None:
@@ -96,9 +144,72 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
                        f"SSIM {_fmt(d['ssim'], 3)} (identity {_fmt(idt.get('ssim'), 3)}); changed region "
                        f"({_fmt(None if px is None else 100 * px, 2)} % of pixels) MAE {_fmt(cr.get('model_mae_255'), 3)} "
                        f"(identity {_fmt(cr.get('identity_mae_255'), 3)}), fraction {_fmt(cr.get('achieved_fraction'), 3)}")
+        if name in fld:
+            out += field_lines(fld[name], ref_model)
     for name, why in ((r.get("ground_truth") or {}).get("excluded") or {}).items():
         out.append(f"{name}: no ground truth (no exact true counterfactual: {why})")
     return out
+
+
+def _floors_markdown(r: Mapping[str, Any]) -> list[str]:
+    from causaldiffae.metrics.floors import verdict_text
+
+    fl = r.get("predictor_floors")
+    if not fl:
+        return []
+    lines = ["## Predictor floors (how far to trust the effectiveness figures)", "",
+             f"Each anti-causal predictor's error on the simulator's true counterfactuals of every intervention (row `none`: "
+             f"the factual images), against the simulator's labels: normalised MAE, or error rate for a categorical node. "
+             f"Gate: every entry <= {fl.get('gate', 0.05):g}. **Verdict: {verdict_text(fl)}.**", ""]
+    if fl.get("unknown"):
+        return lines
+    nodes = [n for n in r.get("nodes", []) if n in fl.get("metric", {})] or list(fl.get("metric", {}))
+    src = set((fl.get("source") or {}).values())
+    lines += ["| row | " + " | ".join(f"{n} ({'error rate' if fl['metric'][n] == 'error_rate' else 'MAE'})" for n in nodes) + " |",
+              "|---|" + "---:|" * len(nodes)]
+    for row, cells in _floor_rows(fl, nodes):
+        lines.append(f"| {'**worst**' if row == 'worst' else row} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if src == {"effectiveness floor"}:
+        lines += ["The intervention rows are the floor column of the effectiveness table (its intended labels are the "
+                  "simulator's, so it is the same quantity, read once).", ""]
+    elif src:
+        lines += ["The intervention rows are read from the true counterfactuals this evaluation rendered, against the "
+                  "simulator's labels (the effectiveness floor scores them against other intended labels).", ""]
+    if fl.get("excluded"):
+        lines += ["Left out of the gate (no exact true counterfactual): "
+                  + "; ".join(f"{k}: {v}" for k, v in fl["excluded"].items()), ""]
+    return lines
+
+
+def _field_markdown(r: Mapping[str, Any]) -> list[str]:
+    f = r.get("field")
+    if not f:
+        why = (r.get("skipped") or {}).get("field")
+        return ["## Scores in the field's units", "", f"Not reported: {why}.", ""] if why else []
+    ref = f.get("reference") or {}
+    lines = ["## Scores in the field's units" + (f" ({f['simulator']})" if f.get("simulator") else ""), "",
+             "Each score of the simulator's `field_metrics` for the model's counterfactuals, the factual images (do-nothing) "
+             "and the simulator's true counterfactuals (floor), against the simulator's intended values; published = "
+             f"{ref.get('model', 'the published best model')}. Achieved fraction = (do-nothing - model) / (do-nothing - floor) "
+             "on errors (the perfect value stands in for a missing floor); drift = model - floor, in error, for a non-descendant "
+             "(model - do-nothing where there is no floor).", "",
+             "| intervention | score | reader | role | model | do-nothing | floor | published | achieved fraction / drift |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    notes = []
+    for name, d in f["by_intervention"].items():
+        for e in d["scores"]:
+            lines.append(f"| {name} | {e['label']} | {e['reader']} | {e['role']} | {_fmt(e['model'], 3)} | {_fmt(e['do_nothing'], 3)} | "
+                         f"{_fmt(e['floor'], 3)} | {_fmt(e['published'], 3)} | {_field_score(e)} |")
+        if d.get("floor_note"):
+            notes.append(f"- {name}: floor left out: {d['floor_note']}")
+    lines.append("")
+    comp = ref.get("composition_l1") if isinstance(ref, Mapping) else None
+    if comp and "composition" in r:
+        ours = r["composition"]["l1"]
+        lines += ["Composition L1 (0-255): " + "; ".join(f"after {k} cycle(s) {_fmt(ours.get(k), 3)} (published {_fmt(v, 3)})"
+                                                       for k, v in comp.items() if k in ours), ""]
+    return lines + (notes + [""] if notes else [])
 
 
 def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
@@ -107,6 +218,7 @@ def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
     refine = f", {r['refine']} inversion correction(s) per step" if r.get("refine") else ""
     lines = [f"# {title}", "", f"{r.get('n')} images, {r.get('steps')} DDIM steps{refine}, guidance {r.get('strength')}; "
              f"interventions: {', '.join(r.get('interventions', [])) or '(none)'}.", ""]
+    lines += _floors_markdown(r)
     if "reconstruction" in r:
         lines += ["## Reconstruction (DDIM invert + decode)", "", "| steps | MSE | PSNR (dB) | SSIM | L1 (0-255) |", "|---:|---:|---:|---:|---:|"]
         for row in r["reconstruction"]:
@@ -180,6 +292,7 @@ def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
         if g.get("excluded"):
             lines += ["Left out (no exact true counterfactual): "
                       + "; ".join(f"{k}: {v}" for k, v in g["excluded"].items()), ""]
+    lines += _field_markdown(r)
     if "latent" in r:
         lat = r["latent"]
         lines += ["## Latent-level mechanism check (encoder + SCM, no diffusion; label readout vs intended, normalised units)", "",
