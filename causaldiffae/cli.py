@@ -15,7 +15,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from causaldiffae.errors import CausalDiffAEError
 
@@ -161,6 +161,19 @@ def check_files(args: argparse.Namespace) -> None:
                 raise UsageError(f"causaldiffae {args.command}: error: {flag}: file {text!r} does not exist")
             if not p.is_file():
                 raise UsageError(f"causaldiffae {args.command}: error: {flag}: {text!r} is a folder, not a file")
+
+
+def _augmentation(text: str) -> tuple[str, Any]:
+    """An argparse ``type``: ``NODE:shift=PIXELS,rotate=DEGREES`` -> ``(node, Augmentation)``."""
+    from causaldiffae.predictors import Augmentation
+
+    node, sep, spec = text.partition(":")
+    if not sep or not node.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE:shift=PIXELS,rotate=DEGREES (e.g. digit:shift=2,rotate=15)")
+    try:
+        return node.strip(), Augmentation.parse(spec)
+    except CausalDiffAEError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 SEED = _integer(0)
@@ -479,6 +492,10 @@ def _predictors_parser(sub) -> None:
                    help="train on the data's labelled images even where it has a simulator (default there: independent draws)")
     p.add_argument("--n-samples", type=COUNT, default=8000, help="scenes drawn from the simulator")
     p.add_argument("--categorical", nargs="+", default=None, metavar="NODE", help="nodes to classify (besides those typed categorical)")
+    p.add_argument("--augment", type=_augmentation, action="append", default=None, metavar="NODE:shift=P,rotate=D",
+                   help="random shifts (whole pixels) and rotations (degrees) of NODE's training images only; repeatable. "
+                        "Only for a factor they do not change (a digit class, not a position or an angle)")
+    p.add_argument("--width", type=COUNT, default=8, help="channels of each predictor's first convolution")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the networks train")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_predictors)
@@ -527,7 +544,8 @@ def _predictors(args) -> int:
         print(f"training on {args.n_samples} independent draws of the {simulator!r} (every factor varies on its own)")
     path = train_predictors(graph, dataset, out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                             device=args.device, progress=not args.no_progress, simulator=simulator,
-                            n_samples=args.n_samples, size=size, categorical=args.categorical)
+                            n_samples=args.n_samples, size=size, categorical=args.categorical,
+                            augment=dict(args.augment or []), width=args.width)
     loaded = load_predictors(path).meta
     mae, acc = loaded.get("val_mae", {}), loaded.get("val_accuracy", {})
     print("held-out MAE (normalised units): " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} -" for k, v in mae.items())

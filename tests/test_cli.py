@@ -136,6 +136,8 @@ def test_every_option_has_a_line_of_help_and_help_shows_defaults():
     (["demo", "--strength", "-2"], "argument --strength: must be >= 0, got -2"),
     (["predictors", "--run", "pendulum", "--data", "pendulum", "--steps", "0"], "argument --steps: must be a whole number >= 1, got 0"),
     (["predictors", "--graph", "pendulum", "--data", "pendulum", "--out", "p.bin"], "the predictors file must end in .safetensors"),
+    (["predictors", "--run", "pendulum", "--data", "pendulum", "--augment", "angle"], "argument --augment: 'angle': expected NODE:shift="),
+    (["predictors", "--run", "pendulum", "--data", "pendulum", "--augment", "angle:turn=3"], "argument --augment: augmentation 'turn=3': expected shift=PIXELS,rotate=DEGREES"),
     (["export", "--run", "pendulum", "-o", "model.bin"], "the exported file must end in .safetensors"),
     (["demo", "-o", "README.md"], "-o 'README.md' is a file; give a folder"),
     (["evaluate", "--run", "pendulum", "--data", "pendulum", "-o", "README.md"], "-o 'README.md' is a file; give a folder"),

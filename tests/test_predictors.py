@@ -17,7 +17,7 @@ from causaldiffae.data.generate import generated_folder_name, model_generator_pa
 from causaldiffae.data.simulator import get_simulator, simulator_from_params
 from causaldiffae.errors import CheckpointError, ConfigError, DataError
 from causaldiffae.graph import CausalGraph
-from causaldiffae.predictors import FLOOR_GATE, floors_frame, load_predictors, predictor_floors, train_predictors
+from causaldiffae.predictors import FLOOR_GATE, Augmentation, floors_frame, load_predictors, predictor_floors, train_predictors
 
 
 # ----------------------------------------------------------------------------- simulators
@@ -192,6 +192,47 @@ def test_old_predictor_files_load_as_regressors(tmp_path):
     save_checkpoint(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="invalid"):
         load_predictors(tmp_path / "bad.safetensors")
+
+
+def test_shift_augmentation_keeps_the_morphometry_and_rotation_only_the_thickness():
+    """Augmenting a Morpho-MNIST digit must not change the labels a predictor learns: a whole-pixel
+    shift leaves the measured thickness and intensity exactly as they were; a +-15 degree rotation
+    (bilinear) keeps the thickness within a tenth of a pixel but dims the intensity, which is why
+    the shipped predictors rotate only the digit's images."""
+    from causaldiffae.data.morphomnist import measure_intensity_batch, measure_thickness_batch
+
+    sim = get_simulator("morphomnist", size=32)
+    table = sim.split_rows("test", 16, seed=0)
+    x, _ = ImageLabelDataset.from_arrays(sim.render(table), np.zeros((16, 1)), ["u"]).batch(range(16))
+    grey = lambda t: ((t[:, 0] + 1) * 127.5).round().clamp(0, 255).numpy()  # noqa: E731
+    t0, i0 = measure_thickness_batch(grey(x)), measure_intensity_batch(grey(x))
+    shifted = Augmentation(shift=2)(x, torch.Generator().manual_seed(0))
+    assert (shifted - x).abs().amax(dim=(1, 2, 3)).gt(0.5).sum() >= 12  # the digits did move (1 in 25 draws stays put)
+    np.testing.assert_allclose(measure_thickness_batch(grey(shifted)), t0, atol=1e-6)
+    np.testing.assert_allclose(measure_intensity_batch(grey(shifted)), i0, atol=1e-6)
+    assert torch.allclose(shifted.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)), atol=1e-3)  # nothing left the frame
+    turned = Augmentation(shift=2, rotate=15)(x, torch.Generator().manual_seed(0))
+    assert np.abs(measure_thickness_batch(grey(turned)) - t0).mean() < 0.1
+    assert (measure_intensity_batch(grey(turned)) - i0).mean() < -2.0  # blurred edges: not for intensity
+    assert torch.equal(Augmentation()(x), x)
+
+
+def test_augmentation_is_opt_in_per_node(tmp_path):
+    """Augmenting one node's images leaves every other node's predictor exactly as trained without it."""
+    world = _class_world(128, 0)
+    kw = dict(steps=20, batch_size=16, categorical=["digit"], progress=False)
+    plain = load_predictors(train_predictors(_class_graph(), world, tmp_path / "a.safetensors", **kw))
+    aug = load_predictors(train_predictors(_class_graph(), world, tmp_path / "b.safetensors", augment={"digit": "shift=1"}, **kw))
+    assert aug.meta["train"]["augment"] == {"digit": {"shift": 1, "rotate": 0.0}} and plain.meta["train"]["augment"] == {}
+    b, digit = _class_graph().index("b"), _class_graph().index("digit")
+    for p, q in zip(plain.net.nets[b].parameters(), aug.net.nets[b].parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(plain.net.nets[digit].parameters(), aug.net.nets[digit].parameters()))
+    with pytest.raises(ConfigError, match="unknown node"):
+        train_predictors(_class_graph(), world, tmp_path / "c.safetensors", augment={"nope": "shift=1"}, **kw)
+    for bad in ("shift=1.5", "turn=3", "rotate=200"):
+        with pytest.raises(ConfigError, match="augmentation"):
+            Augmentation.parse(bad)
 
 
 # ----------------------------------------------------------------------------- the floor gate
