@@ -14,15 +14,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from test_baselines import READ_ERROR  # noqa: E402  (Brightness's reading error, normalised)
 from test_metrics import Brightness, as_images, tiny_simulator  # noqa: E402
 from tiny import tiny_dataset  # noqa: E402
 
 from causaldiffae import metrics as M  # noqa: E402
 from causaldiffae.metrics.effectiveness_scores import label_errors  # noqa: E402
 from causaldiffae.model import CausalDiffAE  # noqa: E402
-
-# Brightness reads a rendered label to within half a grey level: 0.5 / 127.5 / 0.5 normalised.
-READ_ERROR = 0.5 / 127.5 / 0.5
 
 
 @pytest.fixture(scope="module")

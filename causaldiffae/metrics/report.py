@@ -49,21 +49,18 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _score(e: Mapping[str, Any]) -> str:
+def _score(e: Mapping[str, Any], drift_format: str = "+.3f") -> str:
     """The achieved fraction, or ``drift +x`` for a non-descendant, or why there is none."""
     if "drift" in e:
-        return "–" if e["drift"] is None else f"drift {e['drift']:+.3f}"
+        return "–" if e["drift"] is None else f"drift {e['drift']:{drift_format}}"
     if e.get("achieved_fraction") is None:
         return "– (gap too small)" if e.get("note", "").startswith("do-nothing") else "–"
     return f"{e['achieved_fraction']:.3f}"
 
 
 def _field_score(e: Mapping[str, Any]) -> str:
-    if "drift" in e:
-        return "–" if e["drift"] is None else f"drift {e['drift']:+.3g}"
-    if e.get("achieved_fraction") is None:
-        return "– (gap too small)" if e.get("note", "").startswith("do-nothing") else "–"
-    return f"{e['achieved_fraction']:.3f}"
+    """:func:`_score` for the field's units, whose drifts span px to grey levels (3 significant digits)."""
+    return _score(e, drift_format="+.3g")
 
 
 def _floor_rows(floors: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, list[str]]]:
