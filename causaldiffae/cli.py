@@ -23,10 +23,24 @@ EXIT_USER_ERROR = 2
 
 
 def _default_query_steps() -> int:
-    """The counterfactual/sample step count used when --steps is not given (shown in --help)."""
+    """The counterfactual step count used when --steps is not given (shown in --help)."""
     from causaldiffae.counterfactual import DEFAULT_STEPS
 
     return DEFAULT_STEPS
+
+
+def _default_refine() -> int:
+    """The counterfactual query's inversion corrections when --refine is not given (shown in --help)."""
+    from causaldiffae.counterfactual import DEFAULT_REFINE
+
+    return DEFAULT_REFINE
+
+
+def _default_sample_steps() -> int:
+    """The sample command's decoding steps when --steps is not given (shown in --help)."""
+    from causaldiffae.counterfactual import DEFAULT_SAMPLE_STEPS
+
+    return DEFAULT_SAMPLE_STEPS
 EXIT_FALSIFIED = 1
 
 _COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
@@ -415,7 +429,10 @@ def _cf_parser(sub) -> None:
     p.add_argument("--guided-steps", type=_integer(0), default=None,
                    help="apply --strength only at the first (highest-noise) this many decoding steps (default: all)")
     p.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="ddim: invert the decoder (keeps identity); noise: forward noising (a baseline)")
-    p.add_argument("--refine", type=_integer(0), default=0, help="fixed-point corrections per DDIM inversion step (exacter abduction, slower)")
+    p.add_argument("--refine", type=_integer(0), default=None,
+                   help="fixed-point corrections per DDIM inversion step: exact abduction, each one costs an inversion's "
+                        f"network calls again; 0 is plain DDIM inversion (the library's query default, "
+                        f"causaldiffae.counterfactual.DEFAULT_REFINE) (default: {_default_refine()})")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the --data pick and of noise abduction")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds an earlier counterfactual)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
@@ -437,7 +454,8 @@ def _sample_parser(sub) -> None:
     p.add_argument("--n", type=COUNT, default=16, help="number of samples")
     p.add_argument("--do", action="append", default=[], metavar="NODE=V | NODE+=D | NODE-=D", help=DO_HELP)
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w >= 0 (1: plain conditional; >1 stronger)")
-    p.add_argument("--steps", type=STEPS, default=None, help=f"DDIM decoding steps (the library's query default) (default: {_default_query_steps()})")
+    p.add_argument("--steps", type=STEPS, default=None,
+                   help=f"DDIM decoding steps (causaldiffae.counterfactual.DEFAULT_SAMPLE_STEPS) (default: {_default_sample_steps()})")
     p.add_argument("--seed", type=SEED, default=0, help="seed of u and x_T")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds earlier samples)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")

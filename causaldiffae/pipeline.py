@@ -289,18 +289,19 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
           f"left as they were: {', '.join(n for n in model.graph.nodes if n not in affected) or '(none)'}")
     steps, inversion_steps, guided_steps = cf.query_settings(args.steps, getattr(args, "inversion_steps", None),
                                                              getattr(args, "guided_steps", None))
+    refine = cf.resolve_refine(getattr(args, "refine", None))
     query = {"run": str(args.run), "do": cf.do_to_json(do), "strength": args.strength, "steps": steps,
              "inversion_steps": inversion_steps, "guided_steps": guided_steps,
-             "abduction": args.abduction, "refine": args.refine, "seed": args.seed, "affected": affected,
+             "abduction": args.abduction, "refine": refine, "seed": args.seed, "affected": affected,
              "sources": sources}
     caption = (f"{cf.describe_do(do)}  strength {args.strength:g}  steps {steps}"
                + (f"/{inversion_steps} inverted" if inversion_steps != steps else "")
                + (f"  guided {guided_steps}" if guided_steps is not None else "") + f"  abduction {args.abduction}"
-               + (f"  refine {args.refine}" if args.refine else "") + f"  run {args.run}")
+               + (f"  refine {refine}" if refine else "") + f"  run {args.run}")
     with staging as tmp:
         res = cf.counterfactual(model, images.to(args.device), do=do, strength=args.strength, steps=steps,
                                 abduction=args.abduction, seed=args.seed, progress=True, value_range=value_range,
-                                refine=args.refine, inversion_steps=inversion_steps, guided_steps=guided_steps)
+                                refine=refine, inversion_steps=inversion_steps, guided_steps=guided_steps)
         cf.save_images(res.images, tmp / "images", prefix="counterfactual")
         cf.difference_grid(res, tmp / "grid.png", caption=caption)
         table = res.to_dataframe()
@@ -321,7 +322,7 @@ def run_sample_command(args, do: Mapping[str, Any]) -> int:
     model, meta = CausalDiffAE.load(args.run, device=args.device)
     value_range = _value_range(meta)
     cf.check_do(model, do, args.n, value_range)
-    steps = cf.query_settings(args.steps)[0]
+    steps = cf.DEFAULT_SAMPLE_STEPS if args.steps is None else args.steps
     caption = f"samples of {cf.describe_do(do)}  strength {args.strength:g}  steps {steps}  seed {args.seed}  run {args.run}"
     with staging as tmp:
         res = cf.sample(model, args.n, do=do, strength=args.strength, steps=steps, seed=args.seed, progress=True,

@@ -1,19 +1,19 @@
-"""Benchmark: counterfactual images per second (abduction by DDIM inversion + guided DDIM decoding).
+"""Benchmark: counterfactual images per second (abduction by DDIM inversion + DDIM decoding).
 
-    python experiments/bench_counterfactual.py [--batch 64] [--strength 1.5] [--model pendulum] [--repeat 3]
+    python experiments/bench_counterfactual.py [--batch 64] [--model pendulum] [--repeat 3] [--also 10/10/1 ...]
 
-Times the full query (encode, invert, intervene, decode with guidance) on ``--batch`` images with a
-shipped (or ``--run``) model, in one process, the variants interleaved (A, B, C, A, B, C, ...) and
-the median reported, so that load from other processes hits them alike:
+Times the full query (encode, invert, intervene, decode) on ``--batch`` images with a shipped (or
+``--run``) model, in one process, the variants interleaved (A, B, C, A, B, C, ...) and the median
+reported, so that load from other processes hits them alike:
 
-- ``before``: the query as it ran before the query defaults were chosen on the quality-cost curve
-  (20 inversion + 20 decoding steps, guidance at every step: 60 network forwards per image), fp32,
-  channels_last;
+- ``before``: the query the speed issue measured (20 inversion + 20 decoding steps, guidance at
+  ``--strength`` 1.5 at every step: 60 network forwards per image), fp32, channels_last;
 - ``before, eager``: the same in plain fp32 eager mode;
-- ``default``: the library's default query settings (``causaldiffae.counterfactual.DEFAULT_*``)
-  and inference precision (``causaldiffae.model.INFERENCE_PRECISION``);
-- ``fewer steps``: 10 inversion + 10 guided decoding steps (30 forwards per image), the cheaper
-  setting of the quality-cost curve in ``docs/benchmarks.md``, at the default precision.
+- ``default``: :func:`causaldiffae.counterfactual.counterfactual` with its defaults (query
+  settings ``causaldiffae.counterfactual.DEFAULT_*``, its default guidance weight and refine) at
+  the default inference precision (``causaldiffae.model.INFERENCE_PRECISION``);
+- ``--also INV/DEC/REFINE``: more settings of the quality-cost curve (``bench_queries.py``) at the
+  default precision and weight.
 
 Then the default query runs alone in a fresh process, which reports its peak resident memory.
 """
@@ -21,6 +21,7 @@ Then the default query runs alone in a fresh process, which reports its peak res
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import subprocess
@@ -54,7 +55,9 @@ def peak_rss_gb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--strength", type=float, default=1.5)
+    ap.add_argument("--strength", type=float, default=1.5, help="the guidance weight of the 'before' query")
+    ap.add_argument("--also", nargs="*", default=[], metavar="INV/DEC/REFINE",
+                    help="more queries at the default precision and weight, e.g. 10/10/1")
     ap.add_argument("--model", default="pendulum", help="shipped model name")
     ap.add_argument("--run", default=None, help="a run folder or checkpoint instead of --model")
     ap.add_argument("--repeat", type=int, default=3)
@@ -74,34 +77,39 @@ def main() -> None:
     root = model.graph.roots[0]
     do = {root: float(model.graph.denormalise_value(root, 0.5))}
     if args.memory_only:
-        model.counterfactual(images, do=do, strength=args.strength)
+        model.counterfactual(images, do=do)  # the default query
         print(f"{peak_rss_gb():.3f}")
         return
 
     dec, inv, guided = cf.query_settings()
-    variants = {
-        "before (20 + 20 guided steps, fp32, channels_last)": ("auto", "fp32", dict(steps=20)),
-        "before, fp32 eager": ("eager", "fp32", dict(steps=20)),
-        f"default ({inv} + {dec} steps, {dec if guided is None else guided} guided, {INFERENCE_PRECISION})":
-            ("auto", INFERENCE_PRECISION, {}),
-        f"fewer steps (10 + 10 steps, {INFERENCE_PRECISION})": ("auto", INFERENCE_PRECISION, dict(steps=10)),
+    w0 = inspect.signature(cf.counterfactual).parameters["strength"].default
+    r0 = cf.resolve_refine(inspect.signature(cf.counterfactual).parameters["refine"].default)
+    before = dict(steps=20, strength=args.strength, refine=0)
+    variants = {  # name: (inference mode, precision, query keywords)
+        f"before (20 + 20 steps, guided at w = {args.strength:g}, fp32, channels_last)": ("auto", "fp32", before),
+        f"before, fp32 eager": ("eager", "fp32", before),
+        f"default ({inv} + {dec} steps, w = {w0:g}, refine {r0}, {INFERENCE_PRECISION})": ("auto", INFERENCE_PRECISION, {}),
     }
+    for spec in args.also:
+        i, d, r = (int(v) for v in spec.split("/"))
+        variants[f"{i} + {d} steps, w = {w0:g}, refine {r}, {INFERENCE_PRECISION}"] = (
+            "auto", INFERENCE_PRECISION, dict(steps=d, inversion_steps=i, refine=r))
     copies = {}
     for name, (mode, precision, kw) in variants.items():
         m = _load(args).set_inference_mode(mode, precision)
-        m.counterfactual(images[:2], do=do, strength=args.strength, **kw)  # warm-up
+        m.counterfactual(images[:2], do=do, **kw)  # warm-up
         copies[name] = (m, kw)
-    nfe = {name: cf.forwards_per_image(kw.get("steps"), None, None, args.strength) for name, (_, _, kw) in variants.items()}
+    nfe = {name: cf.forwards_per_image(kw.get("steps"), kw.get("inversion_steps"), None, kw.get("strength", w0),
+                                       kw.get("refine", r0)) for name, (_, _, kw) in variants.items()}
     print(f"machine: {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, "
           f"{os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"bf16 units: {resolve_precision('auto') == 'bf16'}, load avg {os.getloadavg()[0]:.1f}")
-    print(f"batch {args.batch}, {model.image_shape[1]}x{model.image_shape[2]}, guidance w={args.strength}, model "
-          f"{args.run or args.model}", flush=True)
+    print(f"batch {args.batch}, {model.image_shape[1]}x{model.image_shape[2]}, model {args.run or args.model}", flush=True)
     times: dict[str, list[float]] = {k: [] for k in copies}
     for r in range(args.repeat):
         for name, (m, kw) in copies.items():
             t0 = time.perf_counter()
-            m.counterfactual(images, do=do, strength=args.strength, **kw)
+            m.counterfactual(images, do=do, **kw)
             times[name].append(time.perf_counter() - t0)
         print(f"  round {r + 1}/{args.repeat}, load avg {os.getloadavg()[0]:.1f}", flush=True)
     ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
@@ -110,7 +118,7 @@ def main() -> None:
     for k, v in ips.items():
         print(f"| {k} | {nfe[k]} | {v:.2f} | {v / ips[first]:.2f}x |")
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-only", "--batch", str(args.batch),
-                          "--strength", str(args.strength), "--model", args.model] + (["--run", args.run] if args.run else [])
+                          "--model", args.model] + (["--run", args.run] if args.run else [])
                          + (["--threads", str(args.threads)] if args.threads else []),
                          capture_output=True, text=True, check=True).stdout.split()
     print(f"\npeak resident memory of a default query on {args.batch} images (fresh process): {float(out[-1]):.2f} GB")

@@ -107,8 +107,13 @@ def test_every_option_has_a_line_of_help_and_help_shows_defaults():
             if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"causaldiffae {' '.join(path)}: {action.dest} has no help"
     text = " ".join(commands[("counterfactual",)].format_help().split())
-    for shown in ("(default: 20)", "(default: 1.0)", "(default: ddim)", "angle+=10", "angle=-10 sets -10"):
+    from causaldiffae import counterfactual as cf
+
+    for shown in (f"(default: {cf.DEFAULT_STEPS})", f"(default: {cf.DEFAULT_REFINE})", "(default: 1.0)", "(default: ddim)",
+                  "angle+=10", "angle=-10 sets -10"):
         assert shown in text
+    sample = " ".join(commands[("sample",)].format_help().split())
+    assert f"(default: {cf.DEFAULT_SAMPLE_STEPS})" in sample
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "(default: 10 20 50 100)" in " ".join(commands[("evaluate",)].format_help().split())
 

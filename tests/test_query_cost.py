@@ -67,10 +67,27 @@ def test_defaults_come_from_one_place(model, images, monkeypatch):
     monkeypatch.setattr(cf, "DEFAULT_STEPS", 3)
     monkeypatch.setattr(cf, "DEFAULT_INVERSION_STEPS", 2)
     monkeypatch.setattr(cf, "DEFAULT_GUIDED_STEPS", 1)
+    monkeypatch.setattr(cf, "DEFAULT_REFINE", 2)
     assert cf.query_settings() == (3, 2, 1)
     assert cf.query_settings(steps=5) == (5, 5, None)  # explicit steps: the old meaning, guidance everywhere
     n = _count_forwards(model, lambda: model.counterfactual(images, do={"a": 0.1}, strength=2.0))
-    assert n == images.shape[0] * (2 + 3 + 1)
+    assert n == images.shape[0] * (2 * (1 + 2) + 3 + 1)  # inversion x (1 + refine) + decoding + guided
+    assert cf.forwards_per_image(strength=2.0) == 2 * (1 + 2) + 3 + 1
+
+
+def test_the_default_query_is_exact_abduction_and_matches_the_explicit_one(model, images):
+    """The default query inverts with DEFAULT_REFINE corrections: the same images as asking for them."""
+    assert cf.DEFAULT_REFINE >= 1
+    do = {"a": 0.4}
+    default = model.counterfactual(images, do=do).images
+    explicit = cf.counterfactual(model, images, do=do, steps=cf.DEFAULT_STEPS, refine=cf.DEFAULT_REFINE).images
+    plain = cf.counterfactual(model, images, do=do, steps=cf.DEFAULT_STEPS, refine=0).images
+    assert torch.equal(default, explicit)
+    assert not torch.equal(default, plain)
+    # and the abduction it uses reproduces the factual image at least as well as plain DDIM inversion
+    null_exact = cf.reconstruct(model, images, steps=cf.DEFAULT_STEPS)
+    null_plain = cf.reconstruct(model, images, steps=cf.DEFAULT_STEPS, refine=0)
+    assert (null_exact - images).abs().mean() <= (null_plain - images).abs().mean()
 
 
 def test_negative_guided_steps_is_a_config_error(model, images):

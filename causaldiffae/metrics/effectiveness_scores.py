@@ -57,6 +57,7 @@ def effectiveness(
     steps: int = 20,
     strength: float = 1.0,
     max_batch: int = 64,
+    refine: int = 0,
 ) -> dict[str, Any]:
     """Effectiveness: do the counterfactual images show the intended label values?
 
@@ -81,7 +82,8 @@ def effectiveness(
         images: factual images ``(B, C, H, W)`` in [-1, 1].
         do: the intervention (see :func:`causaldiffae.counterfactual.counterfactual`).
         counterfactuals: score these images (a tensor or a CounterfactualResult) instead of generating them.
-        steps, strength, max_batch: passed to the counterfactual query.
+        steps, strength, max_batch, refine: passed to the counterfactual query (the evaluation
+            protocol's 20 steps and plain inversion unless set).
 
     Returns:
         ``{"do", "intended", "intervened", "descendants", "non_descendants", "per_node", "groups", "n"}``;
@@ -93,7 +95,8 @@ def effectiveness(
     B = images.shape[0]
     result = counterfactuals if isinstance(counterfactuals, cf.CounterfactualResult) else None
     if counterfactuals is None:
-        result = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch)
+        result = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch,
+                                          refine=refine)
     x_cf = result.images if result is not None else torch.as_tensor(counterfactuals)
     if x_cf.shape[0] != B:
         raise DataError(f"{x_cf.shape[0]} counterfactual images for {B} factual images")
