@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python experiments/bench_training.py --repeat 8 --threads 2
 
-Times, on the shipped Pendulum configuration (batch 64, 32x32, ``experiments/configs/pendulum.yaml``):
+Times, on the shipped Pendulum configuration (batch 64, 32x32, ``experiments/configs/pendulum_v2.yaml``):
 
 - ``unet fp32`` / ``unet bf16``: the UNet alone, forward + backward + AdamW on a fixed batch
   (the figure ``bench_decoder.py`` reports);
@@ -12,7 +12,10 @@ Times, on the shipped Pendulum configuration (batch 64, 32x32, ``experiments/con
   EMA, per-tensor AdamW and clipping, fp32);
 - ``step fp32`` / ``step auto``: the whole training step as :func:`causaldiffae.training.train`
   runs it now (the loop body: step noise, batch assembly, Pyro-traced loss, backward, clipping,
-  fused AdamW, multi-tensor EMA, the logged values read back), in fp32 and at ``precision="auto"``.
+  fused AdamW, multi-tensor EMA, the logged values read back), in fp32 and at ``precision="auto"``;
+- ``step auto, compiled`` (with ``--compile``): the same with the UNet's core under
+  ``torch.compile`` (inductor; forward and backward compiled), its compile time reported and the
+  number of steps after which the compile has paid for itself.
 
 Each repetition runs every mode once, in turn (A, B, C, A, B, C, ...), so that load from other
 processes hits all modes alike; the table reports medians. Then it runs ``train()`` itself for
@@ -43,7 +46,7 @@ from causaldiffae.training import (  # noqa: E402
     RunConfig, StepNoise, _Loss, build_model, ema_update, make_optimizer, step_noise,
 )
 
-CONFIG = ROOT / "experiments" / "configs" / "pendulum.yaml"
+CONFIG = ROOT / "experiments" / "configs" / "pendulum_v2.yaml"  # the shipped Pendulum model's
 
 
 def _reference_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -191,6 +194,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=8, help="interleaved rounds (median reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=30, help="steps of the train() subprocess (0 = skip)")
+    ap.add_argument("--compile", action="store_true", help="also time the step with the UNet under torch.compile")
     ap.add_argument("--curve", nargs=4, metavar=("STEPS", "PRECISION", "SEED", "OUT"),
                     help="instead: train STEPS steps at PRECISION and SEED into OUT (loss curve)")
     a = ap.parse_args()
@@ -209,6 +213,15 @@ def main() -> None:
         "step fp32": build("fp32")[0],
         "step auto": build("auto")[0],
     }
+    compile_s = None
+    if a.compile:
+        fn, model, _, _ = build("auto")
+        model.unet.core = torch.compile(model.unet.core, dynamic=False)
+        t0 = time.perf_counter()
+        fn()  # compiles forward and backward
+        compile_s = time.perf_counter() - t0
+        print(f"torch.compile: first step {compile_s:.0f} s", flush=True)
+        modes["step auto, compiled"] = fn
     times: dict[str, list[float]] = {m: [] for m in modes}
     for fn in modes.values():
         fn()  # warm-up
@@ -226,7 +239,12 @@ def main() -> None:
     print(f"\nstep auto / unet {auto}: {ips['step auto'] / ips['unet ' + auto]:.2f}; "
           f"step auto / networks {auto}: {ips['step auto'] / ips['networks ' + auto]:.2f}; "
           f"step fp32 / networks fp32: {ips['step fp32'] / ips['networks fp32']:.2f}")
-    print(f"peak RSS of this process (7 models): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
+    if compile_s is not None:
+        saved = B / ips["step auto"] - B / ips["step auto, compiled"]
+        pays = f"after {compile_s / saved:.0f} steps" if saved > 0 else "never (no faster)"
+        print(f"compiled step: {ips['step auto, compiled'] / ips['step auto']:.2f}x the eager step at auto precision; "
+              f"its {compile_s:.0f} s of compilation pay for themselves {pays}")
+    print(f"peak RSS of this process ({len(modes)} models): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
     if a.train_steps:
         for p in ("fp32", "auto"):
             rate, rss = train_subprocess(a.train_steps, p, a.threads)

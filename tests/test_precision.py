@@ -7,6 +7,8 @@ CPU without bf16 units.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -75,6 +77,19 @@ def test_auto_precision_is_fp32_on_a_cpu_without_bf16_units(monkeypatch):
     assert prec.resolve_precision("auto", "cpu") == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
 
 
+def test_auto_precision_is_fp32_when_onednn_is_capped_at_avx2():
+    """The AVX2-only machine as a process sees it (oneDNN and ATen capped at AVX2, as
+    ``docs/benchmarks.md`` measures it): ``auto`` gives fp32 whatever this CPU has."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    code = "from causaldiffae.precision import resolve_precision; print(resolve_precision('auto', 'cpu'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "fp32"
+
+
 def test_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp8")
@@ -120,3 +135,53 @@ def test_networks_in_restores_the_modules_after_an_error():
             raise RuntimeError("boom")
     assert "forward" not in vars(model.unet)
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_compiled_training_step_gives_the_eager_loss_and_gradients():
+    """``TrainConfig.compile``: the UNet traced by torch.compile computes the same step as eager.
+
+    The ``aot_eager`` backend runs the same capture and autograd path as inductor without its C++
+    code generation (minutes on 2 cores, cold); inductor's kernels themselves are torch's to test."""
+    from causaldiffae.training import compile_unet
+
+    ref, g_ref, _ = _loss_and_grads("fp32")
+    model = _tiny_model(0)
+    compile_unet(model.unet, backend="aot_eager")
+    model.train()
+    ds = tiny_dataset(32)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    sn = step_noise(0, 0, len(ds), 16, model.image_shape, model.graph.latent_dim, 100, 0.1)
+    images, labels = ds.batch(sn.indices)
+    with warnings.catch_warnings(record=True):  # a platform where compiling fails falls back to eager
+        warnings.simplefilter("always")
+        terms = _Loss(model, "fp32")(images, labels, sn, 1.0)
+    terms["loss"].backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    for k in ("loss", "diffusion", "kl", "label"):
+        assert torch.allclose(terms[k].detach(), ref[k], rtol=1e-4, atol=1e-6), k
+    assert torch.allclose(grads, g_ref, rtol=1e-3, atol=1e-5)
+    assert "core" in vars(model.unet) and not any(k.startswith("_orig") for k in model.unet.state_dict())
+
+
+def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch):
+    from causaldiffae import training
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(training.torch, "compile", broken)
+    model = _tiny_model(0)
+    x = torch.randn(2, *model.image_shape)
+    t = torch.tensor([3.0, 50.0])
+    z = torch.randn(2, model.graph.latent_dim)
+    want = model.unet.core(x, t, z)
+    training.compile_unet(model.unet)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the UNet failed .*no C\\+\\+ compiler"):
+        got = model.unet.core(x, t, z)
+    assert torch.equal(got, want)
+    assert model.unet.core(x, t, z).shape == want.shape  # later calls: eager, no second warning needed
