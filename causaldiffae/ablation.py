@@ -725,6 +725,22 @@ def plan_line(sweep: Sweep, specs: Sequence[RunSpec], jobs: int = 1) -> str:
     return line
 
 
+def _same_run_config(a: str | None, b: str | None) -> bool:
+    """Whether the stored ``train-config.yaml`` text ``a`` and the new one ``b`` configure the same
+    runs: equal once read, a field that ``a`` lacks (written by a version before the field existed)
+    taking the value runs had before it (its legacy value, as for a saved checkpoint's config)."""
+    import yaml
+
+    from causaldiffae.training import RunConfig
+
+    if a is None or b is None:
+        return a == b
+    try:
+        return RunConfig.from_dict(yaml.safe_load(a), saved=True).to_dict() == RunConfig.from_dict(yaml.safe_load(b)).to_dict()
+    except Exception:  # noqa: BLE001 - an unreadable stored config is simply not the same one
+        return False
+
+
 def _prepare_sweep(sweep: Sweep) -> None:
     """Write ``train-config.yaml`` and ``sweep.json``; refuse an ``out`` whose trained runs had another budget."""
     import yaml
@@ -740,7 +756,8 @@ def _prepare_sweep(sweep: Sweep) -> None:
         old = json.loads(meta_path.read_text())
         new_identity = {"graph": sweep.graph, "data": sweep.data, "steps": sweep.steps, "train_config": text}
         before = old.get("identity", {})
-        diff = [k for k in new_identity if before.get(k) != new_identity[k]]
+        diff = [k for k in new_identity if before.get(k) != new_identity[k]
+                and not (k == "train_config" and _same_run_config(before.get(k), new_identity[k]))]
         if diff:
             has = ", ".join(f"{k}={before.get(k)!r}" for k in diff if k != "train_config") or "another train config"
             raise ConfigError(f"{out} holds a sweep with other {', '.join(diff)} ({has}); "

@@ -163,6 +163,33 @@ def test_rerun_with_another_budget_is_refused(tmp_path, capsys):
     assert str(out) in err and "steps=5" in err and "Traceback" not in err
 
 
+def test_a_sweep_written_before_a_config_field_existed_continues(tmp_path, capsys):
+    """Upgrading mid-sweep: the stored train-config.yaml lacks a field added since (here
+    ``train.compile``); the runs are the same, so the sweep continues; a changed value is refused."""
+    import json
+
+    import yaml
+
+    data, graph, config = _user_folder(tmp_path, n=16)
+    out = tmp_path / "sweep"
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out, "--print-commands")) == 0
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("causaldiffae train"))
+    assert main(first.split()[1:] + ["--no-progress"]) == 0  # a run has trained: the settings now bind
+    meta = json.loads((out / "sweep.json").read_text())
+    old = yaml.safe_load(meta["identity"]["train_config"])
+    del old["train"]["compile"]
+    meta["identity"]["train_config"] = "# an older version's file\n" + yaml.safe_dump(old, sort_keys=False)
+    (out / "sweep.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out, "--print-commands")) == 0
+    changed = yaml.safe_load(config.read_text()) or {}
+    changed.setdefault("train", {})["compile"] = True
+    config.write_text(yaml.safe_dump(changed))
+    assert main(_args(graph, data, config, out, "--print-commands")) == 2
+    assert "another train config" in capsys.readouterr().err
+
+
 def test_evaluation_rows_flatten_every_score_and_skip_settings():
     results = {
         "n": 64, "steps": 20, "seed": 0, "nodes": ["a", "b"], "interventions": ["do(a)"], "intended_source": "dowhy",
