@@ -97,8 +97,12 @@ def test_unknown_precision_is_a_config_error():
         prec.resolve_precision("half")
 
 
-def _loss_and_grads(precision: str):
+def _loss_and_grads(precision: str, compile_backend: str | None = None):
     model = _tiny_model(0)
+    if compile_backend:
+        from causaldiffae.training import compile_unet
+
+        compile_unet(model.unet, backend=compile_backend)
     model.train()
     ds = tiny_dataset(32)
     # trained-looking weights: the zero-initialised output convs would make the UNet's output 0
@@ -142,26 +146,12 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
 
     The ``aot_eager`` backend runs the same capture and autograd path as inductor without its C++
     code generation (minutes on 2 cores, cold); inductor's kernels themselves are torch's to test."""
-    from causaldiffae.training import compile_unet
-
     ref, g_ref, _ = _loss_and_grads("fp32")
-    model = _tiny_model(0)
-    compile_unet(model.unet, backend="aot_eager")
-    model.train()
-    ds = tiny_dataset(32)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(3)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    sn = step_noise(0, 0, len(ds), 16, model.image_shape, model.graph.latent_dim, 100, 0.1)
-    images, labels = ds.batch(sn.indices)
     with warnings.catch_warnings(record=True):  # a platform where compiling fails falls back to eager
         warnings.simplefilter("always")
-        terms = _Loss(model, "fp32")(images, labels, sn, 1.0)
-    terms["loss"].backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        terms, grads, model = _loss_and_grads("fp32", compile_backend="aot_eager")
     for k in ("loss", "diffusion", "kl", "label"):
-        assert torch.allclose(terms[k].detach(), ref[k], rtol=1e-4, atol=1e-6), k
+        assert torch.allclose(terms[k], ref[k], rtol=1e-4, atol=1e-6), k
     assert torch.allclose(grads, g_ref, rtol=1e-3, atol=1e-5)
     assert "core" in vars(model.unet) and not any(k.startswith("_orig") for k in model.unet.state_dict())
 
