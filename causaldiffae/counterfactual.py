@@ -212,14 +212,10 @@ def abduct(
         refine: fixed-point corrections per inversion step (see
             :meth:`~causaldiffae.diffusion.NoiseSchedule.ddim_invert`; None: :data:`DEFAULT_REFINE`,
             one); each costs one more network call per step and makes decoding the abducted ``x_T``
-            reproduce the image more exactly. Measured on both shipped models at 10 steps
-            (``docs/benchmarks.md``, ``docs/results.md``): one correction lowers the pixel error
-            against the true counterfactual from 14.8 to 8.9 (Morpho-MNIST, 0-255; from 5.2 to 4.7
-            on Pendulum) and the null query's L1 from 10.1 to 2.6 (2.1 to 1.7); the interventions
-            stay as strong on Pendulum (every achieved fraction within 0.01 of 20 plain steps),
-            while on Morpho-MNIST the thickness reading falls from 0.93 to 0.86 of its change (a
-            more exact ``x_T`` holds more of the factual stroke). ``refine=0`` is plain DDIM
-            inversion.
+            reproduce the image more exactly; on the shipped models one correction at 10 steps
+            brings the counterfactual closer to the true one at a small cost in how far some
+            interventions move (measured in ``docs/benchmarks.md``, "Choosing the default query",
+            and ``docs/results.md``). ``refine=0`` is plain DDIM inversion.
     """
     if method not in ABDUCTIONS:
         raise InterventionError(f"abduction must be one of {ABDUCTIONS}, got {method!r}")

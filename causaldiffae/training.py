@@ -365,16 +365,18 @@ def compile_unet(unet: torch.nn.Module, backend: str = "inductor") -> None:
     eager = unet.core
     compiled = torch.compile(eager, dynamic=False, backend=backend)
 
-    def core(*args, **kwargs):
+    def first_call(*args, **kwargs):  # compiles; later calls go straight to the compiled function
         try:
-            return compiled(*args, **kwargs)
+            out = compiled(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - compile errors surface on the first call
             warnings.warn(f"torch.compile of the UNet failed ({type(exc).__name__}: {exc}); training it eagerly",
                           RuntimeWarning, stacklevel=2)
             unet.core = eager
             return eager(*args, **kwargs)
+        unet.core = compiled
+        return out
 
-    unet.core = core
+    unet.core = first_call
 
 
 class _Loss(torch.nn.Module):

@@ -87,7 +87,7 @@ def main() -> None:
     before = dict(steps=20, strength=args.strength, refine=0)
     variants = {  # name: (inference mode, precision, query keywords)
         f"before (20 + 20 steps, guided at w = {args.strength:g}, fp32, channels_last)": ("auto", "fp32", before),
-        f"before, fp32 eager": ("eager", "fp32", before),
+        "before, fp32 eager": ("eager", "fp32", before),
         f"default ({inv} + {dec} steps, w = {w0:g}, refine {r0}, {INFERENCE_PRECISION})": ("auto", INFERENCE_PRECISION, {}),
     }
     for spec in args.also:
