@@ -75,7 +75,7 @@ CALIBRATION_STEPS = 6  # steps of the speed measurement; the first (allocation, 
 TIME_SHARE = 0.97  # share of a run's time budget planned for steps (the rest: start-up, checkpoints)
 
 # Top-level keys of evaluate()'s result that describe the evaluation, not a score.
-_META_KEYS = {"n", "steps", "strength", "refine", "seed", "seconds", "nodes", "interventions", "skipped",
+_META_KEYS = {"n", "steps", "strength", "refine", "refine_carry", "seed", "seconds", "nodes", "interventions", "skipped",
               "intended_source", "intended_note", "run", "data", "split", "predictors", "simulator"}
 # Nested keys that are settings or bookkeeping, not scores.
 _SKIP_KEYS = {"n", "cycles", "steps", "alpha", "n_train", "n_test", "importance", "groups", "do", "units", "method"}

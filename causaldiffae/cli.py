@@ -36,6 +36,13 @@ def _default_refine() -> int:
     return DEFAULT_REFINE
 
 
+def _default_refine_carry() -> bool:
+    """Whether the query's inversion corrections reuse their network call when not told (shown in --help)."""
+    from causaldiffae.counterfactual import DEFAULT_REFINE_CARRY
+
+    return DEFAULT_REFINE_CARRY
+
+
 def _default_sample_steps() -> int:
     """The sample command's decoding steps when --steps is not given (shown in --help)."""
     from causaldiffae.counterfactual import DEFAULT_SAMPLE_STEPS
@@ -433,6 +440,10 @@ def _cf_parser(sub) -> None:
                    help="fixed-point corrections per DDIM inversion step: exact abduction, each one costs an inversion's "
                         f"network calls again; 0 is plain DDIM inversion (the library's query default, "
                         f"causaldiffae.counterfactual.DEFAULT_REFINE) (default: {_default_refine()})")
+    p.add_argument("--refine-carry", action=argparse.BooleanOptionalAction, default=None,
+                   help="each inversion step reuses the previous correction's network call (one correction then "
+                        "costs steps + 1 calls instead of 2 x steps); --no-refine-carry gives the exact corrections "
+                        f"(default: {'on' if _default_refine_carry() else 'off'}, causaldiffae.counterfactual.DEFAULT_REFINE_CARRY)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the --data pick and of noise abduction")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds an earlier counterfactual)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
@@ -589,6 +600,10 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps of each counterfactual")
     p.add_argument("--strength", type=STRENGTH, default=1.0, help="guidance weight w")
     p.add_argument("--refine", type=_integer(0), default=0, help="fixed-point corrections per DDIM inversion step in every query")
+    p.add_argument("--refine-carry", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --refine: each inversion step reuses the previous correction's network call "
+                        f"(default: the library's query default, {'on' if _default_refine_carry() else 'off'}); "
+                        "--no-refine-carry gives the exact corrections")
     p.add_argument("--recon-steps", type=STEPS, nargs="+", default=[10, 20, 50, 100], help="step counts of the reconstruction table")
     p.add_argument("--cycles", type=COUNT, nargs="+", default=[1, 10], help="composition: report L1 after these numbers of null interventions")
     p.add_argument("--reversibility-cycles", type=COUNT, default=5, help="do(x') then do(x) round trips for reversibility")
@@ -645,7 +660,7 @@ def _evaluate(args) -> int:
         model, dataset, predictors=predictors, simulator=simulator, n=args.n, steps=args.steps, strength=args.strength,
         recon_steps=args.recon_steps, composition_cycles=args.cycles, reversibility_cycles=args.reversibility_cycles,
         intended=args.intended, simulator_size=sim_size, dowhy_mechanisms=args.dowhy, metrics=metrics, seed=args.seed,
-        progress=not args.no_progress, refine=args.refine,
+        progress=not args.no_progress, refine=args.refine, refine_carry=args.refine_carry,
     )
     results = {"run": str(args.run), "data": str(args.data), "split": args.split,
                "predictors": str(ppath) if predictors is not None else None,

@@ -1,6 +1,6 @@
 """Benchmark: counterfactual images per second (abduction by DDIM inversion + DDIM decoding).
 
-    python experiments/bench_counterfactual.py [--batch 64] [--model pendulum] [--repeat 3] [--also 10/10/1 ...]
+    python experiments/bench_counterfactual.py [--batch 64] [--model pendulum] [--repeat 3] [--also 10/10/1 10/10/1c ...]
 
 Times the full query (encode, invert, intervene, decode) on ``--batch`` images with a shipped (or
 ``--run``) model, in one process, the variants interleaved (A, B, C, A, B, C, ...) and the median
@@ -13,7 +13,8 @@ reported, so that load from other processes hits them alike:
   settings ``causaldiffae.counterfactual.DEFAULT_*``, its default guidance weight and refine) at
   the default inference precision (``causaldiffae.model.INFERENCE_PRECISION``);
 - ``--also INV/DEC/REFINE``: more settings of the quality-cost curve (``bench_queries.py``) at the
-  default precision and weight.
+  default precision and weight; the corrections are exact, or carried with a ``c`` suffix
+  (``10/10/1c``, see ``refine_carry``).
 
 Then the default query runs alone in a fresh process, which reports its peak resident memory.
 """
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--strength", type=float, default=1.5, help="the guidance weight of the 'before' query")
     ap.add_argument("--also", nargs="*", default=[], metavar="INV/DEC/REFINE",
-                    help="more queries at the default precision and weight, e.g. 10/10/1")
+                    help="more queries at the default precision and weight, e.g. 10/10/1 (exact corrections) or 10/10/1c (carried)")
     ap.add_argument("--model", default="pendulum", help="shipped model name")
     ap.add_argument("--run", default=None, help="a run folder or checkpoint instead of --model")
     ap.add_argument("--repeat", type=int, default=3)
@@ -84,23 +85,26 @@ def main() -> None:
     dec, inv, guided = cf.query_settings()
     w0 = inspect.signature(cf.counterfactual).parameters["strength"].default
     r0 = cf.resolve_refine(inspect.signature(cf.counterfactual).parameters["refine"].default)
+    c0 = cf.resolve_refine_carry(None)
     before = dict(steps=20, strength=args.strength, refine=0)
     variants = {  # name: (inference mode, precision, query keywords)
         f"before (20 + 20 steps, guided at w = {args.strength:g}, fp32, channels_last)": ("auto", "fp32", before),
         "before, fp32 eager": ("eager", "fp32", before),
-        f"default ({inv} + {dec} steps, w = {w0:g}, refine {r0}, {INFERENCE_PRECISION})": ("auto", INFERENCE_PRECISION, {}),
+        f"default ({inv} + {dec} steps, w = {w0:g}, refine {r0}{' carried' if c0 and r0 else ''}, {INFERENCE_PRECISION})":
+            ("auto", INFERENCE_PRECISION, {}),
     }
     for spec in args.also:
-        i, d, r = (int(v) for v in spec.split("/"))
-        variants[f"{i} + {d} steps, w = {w0:g}, refine {r}, {INFERENCE_PRECISION}"] = (
-            "auto", INFERENCE_PRECISION, dict(steps=d, inversion_steps=i, refine=r))
+        carry = spec.endswith("c")
+        i, d, r = (int(v) for v in spec.rstrip("c").split("/"))
+        variants[f"{i} + {d} steps, w = {w0:g}, refine {r}{' carried' if carry and r else ''}, {INFERENCE_PRECISION}"] = (
+            "auto", INFERENCE_PRECISION, dict(steps=d, inversion_steps=i, refine=r, refine_carry=carry))
     copies = {}
     for name, (mode, precision, kw) in variants.items():
         m = _load(args).set_inference_mode(mode, precision)
         m.counterfactual(images[:2], do=do, **kw)  # warm-up
         copies[name] = (m, kw)
     nfe = {name: cf.forwards_per_image(kw.get("steps"), kw.get("inversion_steps"), None, kw.get("strength", w0),
-                                       kw.get("refine", r0)) for name, (_, _, kw) in variants.items()}
+                                       kw.get("refine", r0), kw.get("refine_carry", c0)) for name, (_, _, kw) in variants.items()}
     print(f"machine: {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, "
           f"{os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"bf16 units: {resolve_precision('auto') == 'bf16'}, load avg {os.getloadavg()[0]:.1f}")

@@ -44,6 +44,29 @@ def test_counterfactual_command_writes_images_grid_csv_and_graph(tiny_run, image
     query = json.loads((out / "query.json").read_text())
     assert query["do"] == {"a": {"shift": 0.3}} and query["strength"] == 1.5 and query["steps"] == 5
     assert query["sources"] == image_files
+    assert query["refine"] == 1 and query["refine_carry"] is True  # the library's default query
+
+
+def test_no_refine_carry_answers_with_the_exact_corrections(tiny_run, image_files, tmp_path):
+    """--no-refine-carry is the exact fixed-point correction: the same images as the library call
+    with refine_carry=False, different from the carried default, and recorded in query.json."""
+    from causaldiffae import counterfactual as cf
+    from causaldiffae.data import load_image_files
+    from causaldiffae.model import CausalDiffAE
+
+    outs = {}
+    for name, flag in (("exact", ["--no-refine-carry"]), ("carried", [])):
+        outs[name] = tmp_path / name
+        assert main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--do", "a=0.5",
+                     "--steps", "4", "--refine", "1", *flag, "-o", str(outs[name])]) == 0
+    query = json.loads((outs["exact"] / "query.json").read_text())
+    assert query["refine"] == 1 and query["refine_carry"] is False
+    read = {k: np.stack([np.asarray(Image.open(f)) for f in sorted((v / "images").glob("*.png"))]) for k, v in outs.items()}
+    assert not np.array_equal(read["exact"], read["carried"])
+    model, _ = CausalDiffAE.load(tiny_run)
+    images = load_image_files(image_files, channels=model.image_shape[0], size=model.image_shape[1])
+    ref = cf.to_uint8(cf.counterfactual(model, images, do={"a": 0.5}, steps=4, refine=1, refine_carry=False).images)
+    assert np.abs(ref.astype(int) - read["exact"].reshape(ref.shape).astype(int)).max() <= 1
 
 
 @pytest.fixture(scope="module")

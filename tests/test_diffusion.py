@@ -157,6 +157,33 @@ def test_refined_inversion_is_the_inverse_of_decoding() -> None:
     with pytest.raises(ConfigError, match="refine must be >= 0, got -1"):
         s.ddim_invert(model, x0, z, 20, refine=-1)
 
+
+def test_a_carried_correction_reuses_its_call_and_keeps_most_of_the_gain() -> None:
+    """``carry=True``: a correction's network output serves the next inversion step, so one
+    correction costs steps + 1 calls, not 2 x steps, and still shrinks the round-trip error several
+    times (on this denoiser 0.11 -> 0.021, the exact correction 0.017, over five seeds); without
+    corrections carry changes nothing."""
+    torch.manual_seed(0)
+    s = NoiseSchedule()
+    model = RandomDenoiser(s)
+    x0, z = smooth_images(2), torch.randn(2, 3)
+    calls = []
+    counted = lambda *a, **k: calls.append(1) or model(*a, **k)  # noqa: E731
+
+    def rmse(a: torch.Tensor) -> float:
+        return (a - x0).pow(2).mean().sqrt().item()
+
+    plain = s.ddim_invert(model, x0, z, 20)
+    assert torch.equal(s.ddim_invert(model, x0, z, 20, carry=True), plain)
+    carried = s.ddim_invert(counted, x0, z, 20, refine=1, carry=True)
+    assert len(calls) == 20 + 1
+    calls.clear()
+    exact = s.ddim_invert(counted, x0, z, 20, refine=1)
+    assert len(calls) == 2 * 20
+    e_plain, e_carried, e_exact = (rmse(s.ddim_sample(model, x, z, 20)) for x in (plain, carried, exact))
+    assert e_carried < e_plain / 4 and e_exact < e_plain / 4
+    assert not torch.equal(carried, exact)
+
 def test_clipping_keeps_an_imperfect_network_in_the_data_range() -> None:
     """At the end of the chain x0_hat multiplies the network's error by 1/sqrt(alpha_bar) (~150):
     unclipped, a network that is slightly off leaves the data range; clipped, decoding stays in it."""

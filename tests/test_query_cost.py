@@ -36,12 +36,16 @@ def _count_forwards(model, fn) -> float:
     return sum(seen)
 
 
-@pytest.mark.parametrize("inv,dec,guided,w,refine", [(6, 6, None, 2.0, 0), (4, 8, 3, 2.0, 0), (8, 4, 0, 2.0, 1),
-                                                      (5, 5, None, 1.0, 0)])
-def test_forwards_per_image_counts_the_network_calls(model, images, inv, dec, guided, w, refine):
+@pytest.mark.parametrize("inv,dec,guided,w,refine,carry", [(6, 6, None, 2.0, 0, None), (4, 8, 3, 2.0, 0, None),
+                                                            (8, 4, 0, 2.0, 1, False), (8, 4, 0, 2.0, 1, True),
+                                                            (3, 3, None, 1.0, 2, True), (5, 5, None, 1.0, 0, None)])
+def test_forwards_per_image_counts_the_network_calls(model, images, inv, dec, guided, w, refine, carry):
     n = _count_forwards(model, lambda: cf.counterfactual(model, images, do={"a": 0.5}, strength=w, steps=dec,
-                                                          inversion_steps=inv, guided_steps=guided, refine=refine))
-    assert n == images.shape[0] * cf.forwards_per_image(dec, inv, guided, w, refine)
+                                                          inversion_steps=inv, guided_steps=guided, refine=refine,
+                                                          refine_carry=carry))
+    assert n == images.shape[0] * cf.forwards_per_image(dec, inv, guided, w, refine, carry)
+    if refine and carry:  # one call at the clean image, then the corrections' calls only
+        assert cf.forwards_per_image(dec, inv, guided, w, refine, carry) == 1 + inv * refine + dec + (w != 1) * (dec if guided is None else guided)
 
 
 def test_guiding_every_step_is_the_reference_and_guiding_none_is_the_conditional_model(model, images):
@@ -68,11 +72,16 @@ def test_defaults_come_from_one_place(model, images, monkeypatch):
     monkeypatch.setattr(cf, "DEFAULT_INVERSION_STEPS", 2)
     monkeypatch.setattr(cf, "DEFAULT_GUIDED_STEPS", 1)
     monkeypatch.setattr(cf, "DEFAULT_REFINE", 2)
+    monkeypatch.setattr(cf, "DEFAULT_REFINE_CARRY", False)
     assert cf.query_settings() == (3, 2, 1)
     assert cf.query_settings(steps=5) == (5, 5, None)  # explicit steps: the old meaning, guidance everywhere
     n = _count_forwards(model, lambda: model.counterfactual(images, do={"a": 0.1}, strength=2.0))
     assert n == images.shape[0] * (2 * (1 + 2) + 3 + 1)  # inversion x (1 + refine) + decoding + guided
     assert cf.forwards_per_image(strength=2.0) == 2 * (1 + 2) + 3 + 1
+    monkeypatch.setattr(cf, "DEFAULT_REFINE_CARRY", True)
+    n = _count_forwards(model, lambda: model.counterfactual(images, do={"a": 0.1}, strength=2.0))
+    assert n == images.shape[0] * (1 + 2 * 2 + 3 + 1)  # carried: 1 + inversion x refine + decoding + guided
+    assert cf.forwards_per_image(strength=2.0) == 1 + 2 * 2 + 3 + 1
 
 
 def test_the_default_query_is_exact_abduction_and_matches_the_explicit_one(model, images):
@@ -80,7 +89,8 @@ def test_the_default_query_is_exact_abduction_and_matches_the_explicit_one(model
     assert cf.DEFAULT_REFINE >= 1
     do = {"a": 0.4}
     default = model.counterfactual(images, do=do).images
-    explicit = cf.counterfactual(model, images, do=do, steps=cf.DEFAULT_STEPS, refine=cf.DEFAULT_REFINE).images
+    explicit = cf.counterfactual(model, images, do=do, steps=cf.DEFAULT_STEPS, refine=cf.DEFAULT_REFINE,
+                                 refine_carry=cf.DEFAULT_REFINE_CARRY).images
     plain = cf.counterfactual(model, images, do=do, steps=cf.DEFAULT_STEPS, refine=0).images
     assert torch.equal(default, explicit)
     assert not torch.equal(default, plain)

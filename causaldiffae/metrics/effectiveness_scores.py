@@ -58,6 +58,7 @@ def effectiveness(
     strength: float = 1.0,
     max_batch: int = 64,
     refine: int = 0,
+    refine_carry: bool | None = None,
 ) -> dict[str, Any]:
     """Effectiveness: do the counterfactual images show the intended label values?
 
@@ -82,7 +83,7 @@ def effectiveness(
         images: factual images ``(B, C, H, W)`` in [-1, 1].
         do: the intervention (see :func:`causaldiffae.counterfactual.counterfactual`).
         counterfactuals: score these images (a tensor or a CounterfactualResult) instead of generating them.
-        steps, strength, max_batch, refine: passed to the counterfactual query (the evaluation
+        steps, strength, max_batch, refine, refine_carry: passed to the counterfactual query (the evaluation
             protocol's 20 steps and plain inversion unless set).
 
     Returns:
@@ -96,7 +97,7 @@ def effectiveness(
     result = counterfactuals if isinstance(counterfactuals, cf.CounterfactualResult) else None
     if counterfactuals is None:
         result = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch,
-                                          refine=refine)
+                                          refine=refine, refine_carry=refine_carry)
     x_cf = result.images if result is not None else torch.as_tensor(counterfactuals)
     if x_cf.shape[0] != B:
         raise DataError(f"{x_cf.shape[0]} counterfactual images for {B} factual images")

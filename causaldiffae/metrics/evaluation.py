@@ -56,6 +56,7 @@ def evaluate(
     max_batch: int = 64,
     progress: bool = True,
     refine: int = 0,
+    refine_carry: bool | None = None,
     min_gap: float = MIN_GAP,
     change_tolerance: float = CHANGE_TOLERANCE,
     counterfactual_fn: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
@@ -81,6 +82,8 @@ def evaluate(
         metrics: which of :data:`METRICS` to run.
         refine: fixed-point corrections per DDIM inversion step in every query (see
             :func:`causaldiffae.counterfactual.abduct`).
+        refine_carry: whether those corrections reuse their network call in the next step (None:
+            the library's query default, ``DEFAULT_REFINE_CARRY``).
         min_gap: achieved fractions need ``do_nothing - floor`` of at least this (normalised units;
             :data:`~causaldiffae.metrics.baselines.MIN_GAP`).
         change_tolerance: grey levels that make a pixel "changed" (:data:`~causaldiffae.metrics.ground_truth.CHANGE_TOLERANCE`).
@@ -161,7 +164,8 @@ def evaluate(
     bar = tqdm(total=stages, desc="evaluate", disable=not progress, unit="stage")
     t0 = time.time()
     out: dict[str, Any] = {
-        "n": int(images.shape[0]), "steps": steps, "strength": strength, "refine": refine, "nodes": graph.nodes, "seed": seed,
+        "n": int(images.shape[0]), "steps": steps, "strength": strength, "refine": refine,
+        "refine_carry": cf.resolve_refine_carry(refine_carry) if refine else None, "nodes": graph.nodes, "seed": seed,
         "interventions": [do_label(d) for d in interventions], "min_gap": min_gap,
     }
     if counterfactual_fn is not None:
@@ -174,11 +178,13 @@ def evaluate(
         x = images.to(dev)
         if "reconstruction" in want:
             stage("reconstruction")
-            out["reconstruction"] = reconstruction(model, x, steps=recon_steps, max_batch=max_batch, refine=refine).to_dict(orient="records")
+            out["reconstruction"] = reconstruction(model, x, steps=recon_steps, max_batch=max_batch, refine=refine,
+                                                    refine_carry=refine_carry).to_dict(orient="records")
             bar.update()
         if "composition" in want:
             stage("composition")
-            out["composition"] = composition(model, x, cycles=composition_cycles, steps=steps, max_batch=max_batch, refine=refine)
+            out["composition"] = composition(model, x, cycles=composition_cycles, steps=steps, max_batch=max_batch, refine=refine,
+                                         refine_carry=refine_carry)
             bar.update()
 
         source = intended
@@ -224,7 +230,8 @@ def evaluate(
                 res = None
                 if needs_cf:
                     if counterfactual_fn is None:
-                        res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine)
+                        res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine,
+                                                refine_carry=refine_carry)
                     else:
                         res = torch.as_tensor(counterfactual_fn(x, do)).detach().float().cpu()
                 if "effectiveness" in want:
@@ -256,7 +263,8 @@ def evaluate(
             if "reversibility" in want:
                 stage(f"reversibility {name}")
                 rev[name] = reversibility(model, x, do, cycles=reversibility_cycles, steps=steps, strength=strength,
-                                          original=labels, max_batch=max_batch, refine=refine)
+                                          original=labels, max_batch=max_batch, refine=refine,
+                                          refine_carry=refine_carry)
                 bar.update()
         if eff:
             out["effectiveness"] = {

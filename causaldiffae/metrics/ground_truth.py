@@ -52,6 +52,7 @@ def ground_truth_error(
     steps: int = 20, strength: float = 1.0, size: int | None = None,
     counterfactuals: torch.Tensor | cf.CounterfactualResult | None = None, max_batch: int = 64,
     truth: torch.Tensor | None = None, change_tolerance: float | None = None, refine: int = 0,
+    refine_carry: bool | None = None,
 ) -> dict[str, Any]:
     """Pixel MAE (0-255) and SSIM between the model's counterfactuals and the true ones, on the
     whole image and on the changed region, each beside the identity's (the factual image's) score.
@@ -89,7 +90,7 @@ def ground_truth_error(
         truth, _ = true_counterfactual_images(model, table, do, simulator, size=size)
     if counterfactuals is None:
         counterfactuals = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch,
-                                          refine=refine)
+                                          refine=refine, refine_carry=refine_carry)
     x_cf = counterfactuals.images if isinstance(counterfactuals, cf.CounterfactualResult) else counterfactuals
     x_cf = x_cf.cpu()
     _check_pair(x_cf, truth)

@@ -79,7 +79,8 @@ def _mean(x) -> float:
 # reconstruction
 # ----------------------------------------------------------------------------------------------
 def reconstruction(model, images: torch.Tensor, steps: Sequence[int] = (10, 20, 50, 100), max_batch: int = 64,
-                   progress: bool = False, refine: int = 0) -> pd.DataFrame:
+                   progress: bool = False, refine: int = 0,
+                   refine_carry: bool | None = None) -> pd.DataFrame:
     """Reconstruction quality of DDIM inversion followed by DDIM decoding, for each step count.
 
     Returns a DataFrame with one row per step count and the columns ``steps``, ``mse`` and ``psnr``
@@ -90,7 +91,7 @@ def reconstruction(model, images: torch.Tensor, steps: Sequence[int] = (10, 20, 
     model.check_images(images)
     rows = []
     for s in tqdm(list(steps), desc="reconstruction", disable=not progress, leave=False):
-        rec = cf.reconstruct(model, images, steps=int(s), max_batch=max_batch, refine=refine).cpu()
+        rec = cf.reconstruct(model, images, steps=int(s), max_batch=max_batch, refine=refine, refine_carry=refine_carry).cpu()
         x = images.cpu()
         rows.append({"steps": int(s), "mse": _mean(mse(rec, x)), "psnr": _mean(psnr(rec, x)),
                      "ssim": _mean(ssim(rec, x)), "l1_255": _mean(l1_255(rec, x))})

@@ -212,7 +212,8 @@ def _field_markdown(r: Mapping[str, Any]) -> list[str]:
 def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
     """A Markdown report of :func:`evaluate`'s results: one table per metric."""
     r = results
-    refine = f", {r['refine']} inversion correction(s) per step" if r.get("refine") else ""
+    refine = (f", {r['refine']} inversion correction(s) per step"
+              + {True: " (carried)", False: " (exact)"}.get(r.get("refine_carry"), "") if r.get("refine") else "")
     lines = [f"# {title}", "", f"{r.get('n')} images, {r.get('steps')} DDIM steps{refine}, guidance {r.get('strength')}; "
              f"interventions: {', '.join(r.get('interventions', [])) or '(none)'}.", ""]
     lines += _floors_markdown(r)
