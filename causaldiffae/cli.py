@@ -278,7 +278,7 @@ TRAIN_EPILOG = """\
 how long (measured, docs/training.md#how-long-training-takes): on an idle 2-core machine a step
 of the default model (64 images of 32x32) takes about 0.74 s, so --time 10m buys about 800
 steps; on a busy machine (load 18) it took 24 s (train measures and plans with the speed it gets).
-The shipped models took 2,400 steps on 3,750-5,481 images (about 50 min on one core); at 1,200
+The shipped models took 2,400 (Pendulum) and 4,800 (Morpho-MNIST) steps, 50-88 min on one core; at 1,200
 steps Pendulum's root interventions already reached 93-94% of the true change; 400 steps move
 interventions only part of the way; tens of steps show nothing yet. The last line of every run says whether interventions move.
 
