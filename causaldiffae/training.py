@@ -106,10 +106,10 @@ class TrainConfig:
             else fp32), "fp32" or "bf16"; see :mod:`causaldiffae.precision`. A run saved before
             this setting existed resumes in fp32.
         compile: run the UNet under ``torch.compile`` (inductor; forward and backward). Off by
-            default: on the development CPU it made the whole step 1.11x faster, which pays for a
-            compilation from inductor's on-disk cache (17 s) within about 100 steps, but not for a
-            first, cold compilation (8 minutes under load) within a 2,400-step run
-            (``docs/benchmarks.md``). Falls back to eager, with a warning, where compiling fails.
+            default: on the development CPU it made the whole step 1.11x faster under load, which
+            pays for a compilation from inductor's on-disk cache (17 s) within about 100 steps but
+            not for a first, cold compilation (8 minutes under load) within a 2,400-step run, and
+            it was no faster in a run on a quiet machine (0.94x; ``docs/benchmarks.md``). Falls back to eager, with a warning, where compiling fails.
 
     A field missing from a saved config takes its value in :data:`LEGACY_TRAIN_FIELDS`.
     """

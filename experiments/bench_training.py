@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from causaldiffae.graph import CausalGraph  # noqa: E402
 from causaldiffae.precision import cpu_flags, networks_in, resolve_precision  # noqa: E402
 from causaldiffae.training import (  # noqa: E402
-    RunConfig, StepNoise, _Loss, build_model, ema_update, make_optimizer, step_noise,
+    RunConfig, StepNoise, _Loss, build_model, compile_unet, ema_update, make_optimizer, step_noise,
 )
 
 CONFIG = ROOT / "experiments" / "configs" / "pendulum_v2.yaml"  # the shipped Pendulum model's
@@ -216,7 +216,7 @@ def main() -> None:
     compile_s = None
     if a.compile:
         fn, model, _, _ = build("auto")
-        model.unet.core = torch.compile(model.unet.core, dynamic=False)
+        compile_unet(model.unet)  # as train() does with `train: compile: true`
         t0 = time.perf_counter()
         fn()  # compiles forward and backward
         compile_s = time.perf_counter() - t0
