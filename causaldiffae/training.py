@@ -109,7 +109,8 @@ class TrainConfig:
             default: on the development CPU it made the whole step 1.11x faster under load, which
             pays for a compilation from inductor's on-disk cache (17 s) within about 100 steps but
             not for a first, cold compilation (8 minutes under load) within a 2,400-step run, and
-            it was no faster in a run on a quiet machine (0.94x; ``docs/benchmarks.md``). Falls back to eager, with a warning, where compiling fails.
+            it was no faster in a run on a quiet machine (0.94x; ``docs/benchmarks.md``). Falls back to
+            eager, with a warning, where compiling fails.
 
     A field missing from a saved config takes its value in :data:`LEGACY_TRAIN_FIELDS`.
     """
