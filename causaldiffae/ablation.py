@@ -725,20 +725,32 @@ def plan_line(sweep: Sweep, specs: Sequence[RunSpec], jobs: int = 1) -> str:
     return line
 
 
-def _same_run_config(a: str | None, b: str | None) -> bool:
-    """Whether the stored ``train-config.yaml`` text ``a`` and the new one ``b`` configure the same
-    runs: equal once read, a field that ``a`` lacks (written by a version before the field existed)
-    taking the value runs had before it (its legacy value, as for a saved checkpoint's config)."""
+def _run_config_changes(a: str | None, b: str | None) -> list[str] | None:
+    """How the new ``train-config.yaml`` text ``b`` configures runs differently from the stored
+    ``a``: ``["model.label_average: 'batch' -> 'labelled'", ...]`` (empty: the same runs), or None
+    when either cannot be read. The texts are compared once read, a field that ``a`` lacks (written
+    by a version before the field existed) taking the value runs had before it (its legacy value,
+    as for a saved checkpoint's config)."""
     import yaml
 
     from causaldiffae.training import RunConfig
 
     if a is None or b is None:
-        return a == b
+        return [] if a == b else None
     try:
-        return RunConfig.from_dict(yaml.safe_load(a), saved=True).to_dict() == RunConfig.from_dict(yaml.safe_load(b)).to_dict()
+        old = RunConfig.from_dict(yaml.safe_load(a), saved=True).to_dict()
+        new = RunConfig.from_dict(yaml.safe_load(b)).to_dict()
     except Exception:  # noqa: BLE001 - an unreadable stored config is simply not the same one
-        return False
+        return None
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+        return out
+
+    fo, fn = flat(old), flat(new)
+    return [f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in sorted(set(fo) | set(fn)) if fo.get(k) != fn.get(k)]
 
 
 def _prepare_sweep(sweep: Sweep) -> None:
@@ -756,12 +768,15 @@ def _prepare_sweep(sweep: Sweep) -> None:
         old = json.loads(meta_path.read_text())
         new_identity = {"graph": sweep.graph, "data": sweep.data, "steps": sweep.steps, "train_config": text}
         before = old.get("identity", {})
-        diff = [k for k in new_identity if before.get(k) != new_identity[k]
-                and not (k == "train_config" and _same_run_config(before.get(k), new_identity[k]))]
+        changes = _run_config_changes(before.get("train_config"), text)
+        diff = [k for k in new_identity if before.get(k) != new_identity[k] and not (k == "train_config" and changes == [])]
         if diff:
-            has = ", ".join(f"{k}={before.get(k)!r}" for k in diff if k != "train_config") or "another train config"
-            raise ConfigError(f"{out} holds a sweep with other {', '.join(diff)} ({has}); "
-                              "use another --out, or the same settings to continue it")
+            has = [f"{k}={before.get(k)!r}" for k in diff if k != "train_config"]
+            if "train_config" in diff:
+                has.append("run config changes " + "; ".join(changes) if changes else "another train config")
+            raise ConfigError(f"{out} holds a sweep with other {', '.join(diff)} ({', '.join(has)}); "
+                              "use another --out, or the same settings to continue it (a --config file can "
+                              "set a field back to the value the sweep's runs were trained with)")
     if not sweep.train_config_path.exists() or sweep.train_config_path.read_text() != text:
         atomic_write_text(sweep.train_config_path, text)
     info = {"identity": sweep.identity(), "fractions": list(sweep.fractions), "seeds": list(sweep.seeds),

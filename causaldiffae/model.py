@@ -13,7 +13,8 @@ Training loss (per example; :meth:`CausalDiffAE.loss_terms`)::
 
     L = L_simple + gamma(step) * (kl_weight * KL(q(u|x) || N(0, I)) + label_weight * 0.5 ||z_i - y~_i||^2)
 
-The terms are read off a guide trace and a model trace replayed on it, so the loss uses exactly the
+With labels missing, each node's label term (and the mechanism-fitting term) is averaged over the
+rows that carry its label (``ModelConfig.label_average``). The terms are read off a guide trace and a model trace replayed on it, so the loss uses exactly the
 model and guide above; see ``docs/training.md`` for why we do not call ``SVI.step`` directly.
 """
 
@@ -45,9 +46,10 @@ VARIANTS = ("causal", "diffae")
 PREDICTIONS = ("eps", "v")
 DECODER_LATENTS = ("sample", "mean")
 GUIDANCE_REFERENCES = ("null", "factual")
+LABEL_AVERAGES = ("labelled", "batch")
 #: The values of fields added after the first shipped models, for configs saved without them.
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample",
-                                       "guidance": "null"}
+                                       "guidance": "null", "label_average": "batch"}
 
 #: The UNet's precision when sampling (see :mod:`causaldiffae.precision` and ``docs/benchmarks.md``).
 INFERENCE_PRECISION = "auto"
@@ -80,6 +82,12 @@ class ModelConfig:
             w (eps(z') - eps(null))``, the default) or "factual" (``eps(z') + (w - 1)(eps(z') - eps(z))``:
             a null query is the identity at every w; at w = 2 it moved the intervened nodes further but
             the descendants less, docs/results.md).
+        label_average: how the label and mechanism-fitting terms average over a batch when only
+            part of it is labelled. "labelled" (default): each node's term is the mean over the rows
+            that carry its label, so the labels pull as hard at 10 % as with all of them (stratified
+            batches hold fewer labelled rows, each weighing more). "batch": the mean over every row,
+            missing labels counting 0, so the term shrinks with the labelled share. With all labels
+            present both are the same.
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -101,6 +109,7 @@ class ModelConfig:
     prediction: str = "v"
     decoder_latent: str = "mean"
     guidance: str = "null"
+    label_average: str = "labelled"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -115,7 +124,8 @@ class ModelConfig:
         for name in ("kl_weight", "label_weight", "mechanism_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES)):
+        for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES),
+                              ("label_average", LABEL_AVERAGES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model {name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -317,11 +327,13 @@ class CausalDiffAE(nn.Module):
                 else:
                     d = site["value"].shape[-1]
                     nll = -fn.log_prob(site["value"]) - 0.5 * d * math.log(2 * math.pi)  # = 0.5 ||y~ - z||^2
-                label = label + (nll * mask if isinstance(mask, torch.Tensor) else nll)
+                if isinstance(mask, torch.Tensor):
+                    nll = nll * self._row_weights(mask, B)
+                label = label + nll
         mechanism = images.new_zeros(B)
         if cfg.mechanism_weight > 0 and labels is not None and cfg.variant == "causal":
             z = torch.cat([model_tr.nodes[f"z_{n}"]["value"] for n in self.graph.nodes], dim=-1)
-            mechanism = self.scm.mechanism_loss(z, labels)
+            mechanism = self.scm.mechanism_loss(z, labels, per_labelled_row=cfg.label_average == "labelled")
         loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism)
         present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
         return {
@@ -333,6 +345,14 @@ class CausalDiffAE(nn.Module):
             "labelled": present,
             "gamma": torch.tensor(gamma),
         }
+
+    def _row_weights(self, mask: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-row weights ``(B,)`` of one node's label term: the mask itself (``label_average="batch"``)
+        or the mask scaled by ``B / n_labelled`` so that the batch mean is the labelled rows' mean."""
+        m = mask.to(torch.float32).expand(batch)
+        if self.config.label_average == "labelled":
+            m = m * (batch / m.sum().clamp(min=1.0))
+        return m
 
     # ------------------------------------------------------------------ deterministic pieces
     @torch.no_grad()

@@ -189,7 +189,7 @@ class LatentSCM(PyroModule):
         return 0.5 * (block - target[:, None]).pow(2).sum(dim=-1)
 
     def mechanism_loss(self, z: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor | None = None,
-                       detach_parents: bool = True) -> torch.Tensor:
+                       detach_parents: bool = True, per_labelled_row: bool = False) -> torch.Tensor:
         """Mechanism fitting ``(B,)``: how well each non-root node's label is explained by its
         mechanism alone, ``sum_i nll(y~_i | f_i(z_pa(i)))`` over the labelled non-root nodes.
 
@@ -198,7 +198,9 @@ class LatentSCM(PyroModule):
         effect on the child, in label units, instead of leaving it to the abducted ``u_i`` (which the
         label term alone allows); abduction stays exact (``u_i = z_i - f_i(z_pa)``). With
         ``detach_parents`` the parents' blocks are inputs only: the term trains the mechanisms and
-        never pulls a parent's block towards its child's label.
+        never pulls a parent's block towards its child's label. With ``per_labelled_row`` each node's
+        term is scaled by ``B / (rows carrying its label)``, so that the batch mean of the result is
+        the mean over the labelled rows (see ``ModelConfig.label_average``).
         """
         g = self.graph
         mask = ~torch.isnan(labels)
@@ -211,7 +213,10 @@ class LatentSCM(PyroModule):
             if not g.parents(n):
                 continue
             nll = self.label_nll(n, self.mechanism(n, zb, z), target[:, i])
-            out = out + torch.where(mask[:, i], nll, torch.zeros_like(nll))
+            term = torch.where(mask[:, i], nll, torch.zeros_like(nll))
+            if per_labelled_row:
+                term = term * (z.shape[0] / mask[:, i].sum().clamp(min=1))
+            out = out + term
         return out
 
     def intervene(self, z: torch.Tensor, do: Mapping[str, DoValue], u: torch.Tensor | None = None) -> torch.Tensor:

@@ -187,7 +187,36 @@ def test_a_sweep_written_before_a_config_field_existed_continues(tmp_path, capsy
     changed.setdefault("train", {})["compile"] = True
     config.write_text(yaml.safe_dump(changed))
     assert main(_args(graph, data, config, out, "--print-commands")) == 2
-    assert "another train config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "train.compile: False -> True" in err and "Traceback" not in err  # the refusal names the change
+
+
+def test_a_sweep_of_runs_trained_before_label_average_names_the_change(tmp_path, capsys):
+    """A sweep trained before ``model.label_average`` existed (its runs averaged the label terms
+    over the batch) is not continued with the new default: the refusal names the field and both
+    values, and a config that sets the old value continues it."""
+    import json
+
+    import yaml
+
+    data, graph, config = _user_folder(tmp_path, n=16)
+    out = tmp_path / "sweep"
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out, "--print-commands")) == 0
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("causaldiffae train"))
+    assert main(first.split()[1:] + ["--no-progress"]) == 0
+    meta = json.loads((out / "sweep.json").read_text())
+    old = yaml.safe_load(meta["identity"]["train_config"])
+    del old["model"]["label_average"]
+    meta["identity"]["train_config"] = "# an older version's file\n" + yaml.safe_dump(old, sort_keys=False)
+    (out / "sweep.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(_args(graph, data, config, out, "--print-commands")) == 2
+    assert "model.label_average: 'batch' -> 'labelled'" in capsys.readouterr().err
+    back = yaml.safe_load(config.read_text()) or {}
+    back.setdefault("model", {})["label_average"] = "batch"
+    config.write_text(yaml.safe_dump(back))
+    assert main(_args(graph, data, config, out, "--print-commands")) == 0
 
 
 def test_evaluation_rows_flatten_every_score_and_skip_settings():

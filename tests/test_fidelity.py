@@ -91,6 +91,38 @@ def test_model_loss_reports_and_weights_the_mechanism_term():
     assert torch.allclose(a["loss"] - b["loss"], a["mechanism"], atol=1e-5)
 
 
+@pytest.mark.parametrize("labelled_rows", [2, 8])
+def test_label_terms_average_over_the_labelled_rows(labelled_rows):
+    """With ``label_average="labelled"`` the label and mechanism terms are the labelled rows' mean,
+    so a quarter-labelled batch pulls on its labels as hard as a fully labelled one; "batch" counts
+    the missing rows as 0 and shrinks by the labelled share. With every label present they agree."""
+    g = tiny_graph()
+    images, labels = tiny_dataset(8).batch(range(8))
+    labels = labels.clone()
+    labels[labelled_rows:] = float("nan")
+    cfg = tiny_run_config().model.to_dict()
+    torch.manual_seed(0)
+    per_row = CausalDiffAE(g, ModelConfig.from_dict({**cfg, "label_average": "labelled"}))
+    per_batch = CausalDiffAE(g, ModelConfig.from_dict({**cfg, "label_average": "batch"}))
+    per_batch.load_state_dict(per_row.state_dict())
+    kw = dict(t=torch.full((8,), 50), noise=torch.randn(8, 3, SIZE, SIZE), cond_mask=torch.ones(8, dtype=torch.bool))
+    pyro.set_rng_seed(0)
+    a = per_row.loss_terms(images, labels, **kw)
+    pyro.set_rng_seed(0)
+    b = per_batch.loss_terms(images, labels, **kw)
+    share = labelled_rows / 8
+    assert a["label"] > 0 and a["mechanism"] > 0
+    assert torch.allclose(a["label"] * share, b["label"], rtol=1e-5)
+    assert torch.allclose(a["mechanism"] * share, b["mechanism"], rtol=1e-5)
+    # the labelled rows' mean: the same terms as a batch of those rows alone (same draws for them)
+    pyro.set_rng_seed(0)
+    alone = per_row.scm.mechanism_loss(per_row.encode(images)[1][:labelled_rows], labels[:labelled_rows])
+    full = per_row.scm.mechanism_loss(per_row.encode(images)[1], labels, per_labelled_row=True)
+    assert torch.allclose(full.mean(), alone.mean(), rtol=1e-5)
+    with pytest.raises(ConfigError, match="label_average"):
+        ModelConfig(label_average="rows")
+
+
 # ------------------------------------------------------------------ a decoder that follows z at high noise
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_loss_weights_the_clean_image_error_by_snr_or_one_plus_snr(prediction):
