@@ -37,9 +37,15 @@ __all__ = [
 #: Latent block size of nodes whose ``dim`` is not declared and whose graph sets no ``default_dim``.
 DEFAULT_DIM = 4
 #: Attributes a node may declare (``range`` is turned into ``loc``/``scale`` on reading).
-NODE_ATTRIBUTES = ("dim", "loc", "scale", "range", "description", "column", "type", "classes")
+NODE_ATTRIBUTES = ("dim", "loc", "scale", "range", "description", "column", "type", "classes", "transform", "low", "high")
 #: Node types: a real-valued factor, or one of a finite set of classes.
 NODE_TYPES = ("continuous", "categorical")
+#: Label transforms of a continuous node: the units its latent block (and so its additive-noise
+#: mechanism) lives in. "log": ``log(y - low)``; "logit": ``logit((y - low) / (high - low))``.
+TRANSFORMS = ("identity", "log", "logit")
+#: How close to its bounds a transformed label is taken (as a fraction of ``high - low``, or of
+#: ``scale`` for "log"): labels on or past a bound are clamped there before the transform.
+TRANSFORM_EPS = 1e-6
 #: Graph-level attributes.
 GRAPH_ATTRIBUTES = ("name", "default_dim")
 SUFFIXES = {".dot": "dot", ".gv": "dot", ".gml": "gml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
@@ -61,6 +67,14 @@ class NodeSpec:
     takes, numbers, at least two): its latent block holds one logit per class (``dim`` defaults to
     ``len(classes)`` and must equal it), its labels need no ``loc``/``scale`` and normalise to the
     class index ``0..K-1``.
+
+    ``transform="log"`` (with ``low``) or ``"logit"`` (with ``low`` < ``high``) declares the units in
+    which the node's noise is additive: its latent block holds ``(T(y) - T(loc)) / (scale T'(loc))``
+    instead of ``(y - loc) / scale``, so that a mechanism ``z = f(z_pa) + u`` can be exact for a
+    structural equation such as ``y = low + (high - low) sigmoid(g(pa) + noise)``. The scaling makes
+    the latent units equal the normalised units at ``loc``. ``loc``/``scale`` stay the label
+    normalisation every score is reported in (:meth:`CausalGraph.normalise` is linear for every
+    node); only the model's latents see the transform (:meth:`CausalGraph.to_latent`).
     """
 
     name: str
@@ -71,6 +85,9 @@ class NodeSpec:
     column: str | None = None
     type: str = "continuous"
     classes: tuple[float, ...] | None = None
+    transform: str = "identity"
+    low: float | None = None
+    high: float | None = None
 
     @property
     def label_column(self) -> str:
@@ -90,6 +107,9 @@ class NodeSpec:
         if self.is_categorical:
             out["type"] = self.type
             out["classes"] = [int(c) if float(c).is_integer() else float(c) for c in self.classes or ()]
+        if self.transform != "identity":
+            out["transform"] = self.transform
+            out.update({k: getattr(self, k) for k in ("low", "high") if getattr(self, k) is not None})
         return out
 
 
@@ -158,6 +178,7 @@ def validate_node_type(spec: NodeSpec, source: str | None = None) -> None:
     where = _where(spec.name, source)
     if spec.type not in NODE_TYPES:
         raise GraphError(f"{where}: type={spec.type!r} is not one of {', '.join(NODE_TYPES)}")
+    validate_transform(spec, source)
     if not spec.is_categorical:
         if spec.classes is not None:
             raise GraphError(f"{where}: classes are only allowed with type=categorical")
@@ -169,6 +190,32 @@ def validate_node_type(spec: NodeSpec, source: str | None = None) -> None:
     if spec.dim is not None and spec.dim != len(spec.classes):
         raise GraphError(f"{where}: dim={spec.dim} must equal the number of classes ({len(spec.classes)}) "
                          "for a categorical node (one logit per class)")
+
+
+def validate_transform(spec: NodeSpec, source: str | None = None) -> None:
+    """Raise GraphError unless a node's ``transform``, ``low``, ``high`` and ``loc`` agree."""
+    where = _where(spec.name, source)
+    t, lo, hi = spec.transform, spec.low, spec.high
+    if t not in TRANSFORMS:
+        raise GraphError(f"{where}: transform={t!r} is not one of {', '.join(TRANSFORMS)}")
+    if t == "identity":
+        if lo is not None or hi is not None:
+            raise GraphError(f"{where}: low/high bound a transform; declare transform=log or transform=logit with them")
+        return
+    if spec.is_categorical:
+        raise GraphError(f"{where}: a categorical node takes no transform (its latent block holds class logits)")
+    if lo is None:
+        raise GraphError(f"{where}: transform={t} needs low (the label's lower bound), e.g. low=0")
+    if t == "logit":
+        if hi is None:
+            raise GraphError(f"{where}: transform=logit needs high (the label's upper bound) as well as low")
+        if not hi > lo:
+            raise GraphError(f"{where}: transform=logit needs low < high, got low={lo}, high={hi}")
+    elif hi is not None:
+        raise GraphError(f"{where}: transform=log takes only low (log(y - low)), not high")
+    if spec.loc is not None and not (spec.loc > lo and (hi is None or spec.loc < hi)):
+        raise GraphError(f"{where}: loc={spec.loc} must lie inside the transform's bounds "
+                         f"({lo}, {hi if hi is not None else 'inf'})")
 
 
 def make_spec(name: Any, attrs: Mapping[str, Any], source: str | None = None) -> NodeSpec:
@@ -216,6 +263,15 @@ def make_spec(name: Any, attrs: Mapping[str, Any], source: str | None = None) ->
         kw["type"] = kind
     if attrs.get("classes") is not None:
         kw["classes"] = _to_classes(attrs["classes"], name, source)
+    if attrs.get("transform") is not None:
+        kind = attrs["transform"]
+        kind = _unquote(kind.strip()) if isinstance(kind, str) else kind
+        if kind not in TRANSFORMS:
+            raise GraphError(f"{_where(name, source)}: transform={attrs['transform']!r} is not one of {', '.join(TRANSFORMS)}")
+        kw["transform"] = kind
+    for key in ("low", "high"):
+        if attrs.get(key) is not None:
+            kw[key] = _to_float(attrs[key], key, name, source)
     spec = NodeSpec(name=name, **kw)
     validate_node_type(spec, source)
     return spec
@@ -612,6 +668,73 @@ class CausalGraph:
         if s.is_categorical:
             return self.class_value(name, v)
         return v * s.scale + s.loc
+
+    # ---- latent units (the label transforms)
+    @property
+    def transformed_nodes(self) -> list[str]:
+        """Nodes with a label ``transform`` other than identity, in node order."""
+        return [n for n in self._nodes if self._specs[n].transform != "identity"]
+
+    def _transform_params(self, name: str) -> tuple[str, float, float, float, float]:
+        """``(kind, low, high, T(loc), scale * T'(loc))`` of a transformed node."""
+        if not self.has_normalisation(name):
+            self._loc_scale()
+        s = self._specs[name]
+        lo, hi = float(s.low), (float(s.high) if s.high is not None else math.inf)
+        if not (s.loc > lo and s.loc < hi):
+            raise GraphError(f"node '{name}': loc={s.loc} lies outside its transform's bounds ({lo}, {hi})")
+        if s.transform == "log":
+            return "log", lo, hi, math.log(s.loc - lo), s.scale / (s.loc - lo)
+        p = (s.loc - lo) / (hi - lo)
+        return "logit", lo, hi, math.log(p / (1 - p)), s.scale * (hi - lo) / ((s.loc - lo) * (hi - s.loc))
+
+    def _transform(self, name: str, y: Any, inverse: bool) -> Any:
+        kind, lo, hi, t_loc, t_scale = self._transform_params(name)
+        if isinstance(y, np.ndarray) or not hasattr(y, "clamp"):
+            y = np.asarray(y, dtype=np.float64)
+            clip, log, exp, sig = np.clip, np.log, np.exp, (lambda v: 1 / (1 + np.exp(-v)))
+        else:
+            import torch
+
+            clip, log, exp, sig = torch.clamp, torch.log, torch.exp, torch.sigmoid
+        if inverse:
+            v = y * t_scale + t_loc
+            return lo + exp(v) if kind == "log" else lo + (hi - lo) * sig(v)
+        if kind == "log":
+            eps = TRANSFORM_EPS * self._specs[name].scale
+            return (log(clip(y - lo, eps, None)) - t_loc) / t_scale
+        p = clip((y - lo) / (hi - lo), TRANSFORM_EPS, 1 - TRANSFORM_EPS)
+        return (log(p) - log(1 - p) - t_loc) / t_scale
+
+    def to_latent(self, labels: Any) -> Any:
+        """``(B, n_nodes)`` label units -> the units of the latent blocks: :meth:`normalise`, with each
+        transformed node's column ``(T(y) - T(loc)) / (scale T'(loc))`` (same type; NaN stays NaN)."""
+        out = self.normalise(labels)
+        for n in self.transformed_nodes:
+            j = self._index[n]
+            out[..., j] = self._transform(n, labels[..., j], inverse=False)
+        return out
+
+    def from_latent(self, values: Any) -> Any:
+        """Inverse of :meth:`to_latent`, ``(B, n_nodes)``."""
+        out = self.denormalise(values)
+        for n in self.transformed_nodes:
+            j = self._index[n]
+            out[..., j] = self._transform(n, values[..., j], inverse=True)
+        return out
+
+    def to_latent_value(self, name: str, v: Any) -> Any:
+        """One node's label-unit value(s) ``v`` -> latent units (:meth:`normalise_value` unless the
+        node has a transform)."""
+        if self._specs[self._check(name)].transform == "identity":
+            return self.normalise_value(name, v)
+        return self._transform(name, v, inverse=False)
+
+    def from_latent_value(self, name: str, v: Any) -> Any:
+        """Inverse of :meth:`to_latent_value`."""
+        if self._specs[self._check(name)].transform == "identity":
+            return self.denormalise_value(name, v)
+        return self._transform(name, v, inverse=True)
 
     def with_label_stats(self, loc: Any, scale: Sequence[float] | None = None) -> "CausalGraph":
         """Copy in which nodes without declared ``loc``/``scale`` get data-estimated ones.

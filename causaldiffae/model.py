@@ -364,8 +364,8 @@ class CausalDiffAE(nn.Module):
 
     def predict_labels(self, z: torch.Tensor) -> torch.Tensor:
         """Read labels off latents: the mean of each block (a categorical node: the class of its
-        largest logit), denormalised. ``(B, D) -> (B, n_nodes)``."""
-        return self.graph.denormalise(self.scm.label_values(z))
+        largest logit), back in label units (:meth:`CausalGraph.from_latent`). ``(B, D) -> (B, n_nodes)``."""
+        return self.graph.from_latent(self.scm.label_values(z))
 
     def ema_copy(self) -> "CausalDiffAE":
         """A frozen deep copy (used for EMA weights)."""

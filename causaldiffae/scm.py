@@ -134,7 +134,7 @@ class LatentSCM(PyroModule):
         g, B = self.graph, factual.shape[0]
         if callable(value):
             read = factual.argmax(dim=-1).to(factual.dtype) if g.is_categorical(name) else factual.mean(dim=-1)
-            value = value(g.denormalise_value(name, read))
+            value = value(g.from_latent_value(name, read))
         try:
             v = torch.as_tensor(value, dtype=factual.dtype, device=factual.device)
         except (TypeError, ValueError, RuntimeError):
@@ -148,7 +148,7 @@ class LatentSCM(PyroModule):
             raise InterventionError(f"do({name}): value {value!r} is not finite")
         if g.is_categorical(name):
             return self._class_block(name, v, factual)
-        v = g.normalise_value(name, v)
+        v = g.to_latent_value(name, v)
         return v.reshape(-1, 1).expand(B, factual.shape[1]).clone()
 
     def _class_block(self, name: str, value: torch.Tensor, factual: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,8 @@ class LatentSCM(PyroModule):
         return out
 
     def label_values(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised label values read off latents ``(B, D) -> (B, n_nodes)``: a continuous node's
+        """Label values in latent units (:meth:`CausalGraph.to_latent`) read off latents
+        ``(B, D) -> (B, n_nodes)``: a continuous node's
         block mean, a categorical node's class index (argmax of its logits) as a float."""
         g = self.graph
         cols = [z[:, g.block(n)].argmax(dim=-1).to(z.dtype) if g.is_categorical(n) else z[:, g.block(n)].mean(dim=-1)
@@ -206,7 +207,7 @@ class LatentSCM(PyroModule):
         mask = ~torch.isnan(labels)
         if label_mask is not None:
             mask = mask & label_mask.to(device=labels.device, dtype=torch.bool)
-        target = torch.nan_to_num(g.normalise(labels), nan=0.0)
+        target = torch.nan_to_num(g.to_latent(labels), nan=0.0)
         zb = self._blocks(z.detach() if detach_parents else z)
         out = z.new_zeros(z.shape[0])
         for i, n in enumerate(g.nodes):
@@ -260,7 +261,7 @@ class LatentSCM(PyroModule):
             mask = ~torch.isnan(labels)
             if label_mask is not None:
                 mask = mask & label_mask.to(device=labels.device, dtype=torch.bool)
-            target = torch.nan_to_num(g.normalise(labels), nan=0.0)
+            target = torch.nan_to_num(g.to_latent(labels), nan=0.0)
         param = next(self.parameters(), None)
         device = labels.device if labels is not None else (param.device if param is not None else None)
         dtype = labels.dtype if labels is not None else torch.get_default_dtype()
