@@ -9,8 +9,12 @@ intended counterfactual labels (the simulator's or DoWhy's), in normalised units
 
 * model: ``|readout(z_cf) - intended|``;
 * do-nothing: ``|factual label - intended|`` (the child keeps its factual value);
-* floor: ``|readout(z) - factual label|``, the readout's own error on the factual image: what
-  a perfect mechanism still leaves, since the counterfactual is read by the same readout.
+* floor: ``|readout(z) - factual label|``, the readout's own error on the factual image. It is a
+  lower bound on what a perfect mechanism leaves, not that error itself: an exact ``f_i`` applied to
+  the encoder's latents also errs by the *parents'* reading error times the mechanism's slope
+  (on Morpho-MNIST, where intensity moves up to 2.75 normalised units per unit of thickness, an
+  exact mechanism on the shipped encoder's readings leaves 0.096 against this floor's 0.040;
+  ``experiments/latent_floor.py``, docs/results.md).
 
 The achieved fraction ``(do_nothing - model) / (do_nothing - floor)`` of each descendant is the
 share of its true change the mechanisms produce (:mod:`causaldiffae.metrics.baselines`).
