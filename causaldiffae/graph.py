@@ -706,22 +706,21 @@ class CausalGraph:
         p = clip((y - lo) / (hi - lo), TRANSFORM_EPS, 1 - TRANSFORM_EPS)
         return (log(p) - log(1 - p) - t_loc) / t_scale
 
+    def _latent_units(self, x: Any, inverse: bool) -> Any:
+        out = self._affine(x, inverse=inverse)
+        for n in self.transformed_nodes:
+            j = self._index[n]
+            out[..., j] = self._transform(n, x[..., j], inverse=inverse)
+        return out
+
     def to_latent(self, labels: Any) -> Any:
         """``(B, n_nodes)`` label units -> the units of the latent blocks: :meth:`normalise`, with each
         transformed node's column ``(T(y) - T(loc)) / (scale T'(loc))`` (same type; NaN stays NaN)."""
-        out = self.normalise(labels)
-        for n in self.transformed_nodes:
-            j = self._index[n]
-            out[..., j] = self._transform(n, labels[..., j], inverse=False)
-        return out
+        return self._latent_units(labels, inverse=False)
 
     def from_latent(self, values: Any) -> Any:
         """Inverse of :meth:`to_latent`, ``(B, n_nodes)``."""
-        out = self.denormalise(values)
-        for n in self.transformed_nodes:
-            j = self._index[n]
-            out[..., j] = self._transform(n, values[..., j], inverse=True)
-        return out
+        return self._latent_units(values, inverse=True)
 
     def to_latent_value(self, name: str, v: Any) -> Any:
         """One node's label-unit value(s) ``v`` -> latent units (:meth:`normalise_value` unless the
