@@ -14,8 +14,9 @@ Training loss (per example; :meth:`CausalDiffAE.loss_terms`)::
     L = L_simple + gamma(step) * (kl_weight * KL(q(u|x) || N(0, I)) + label_weight * 0.5 ||z_i - y~_i||^2)
 
 With labels missing, each node's label term (and the mechanism-fitting term) is averaged over the
-rows that carry its label (``ModelConfig.label_average``). The terms are read off a guide trace and a model trace replayed on it, so the loss uses exactly the
-model and guide above; see ``docs/training.md`` for why we do not call ``SVI.step`` directly.
+rows that carry its label (``ModelConfig.label_average``). The terms are read off a guide trace and
+a model trace replayed on it, so the loss uses exactly the model and guide above; see
+``docs/training.md`` for why we do not call ``SVI.step`` directly.
 """
 
 from __future__ import annotations
