@@ -157,6 +157,13 @@ def _to_range(value: Any, node: str, source: str | None) -> tuple[float, float]:
     return lo, hi
 
 
+def _to_choice(value: Any, attr: str, allowed: Sequence[str], node: str, source: str | None) -> str:
+    kind = _unquote(value.strip()) if isinstance(value, str) else value
+    if kind not in allowed:
+        raise GraphError(f"{_where(node, source)}: {attr}={value!r} is not one of {', '.join(allowed)}")
+    return kind
+
+
 def _to_classes(value: Any, node: str, source: str | None) -> tuple[float, ...]:
     items = value
     if isinstance(value, str):
@@ -255,20 +262,11 @@ def make_spec(name: Any, attrs: Mapping[str, Any], source: str | None = None) ->
             if key == "column" and not value:
                 raise GraphError(f"{_where(name, source)}: column must not be empty")
             kw[key] = value
-    if attrs.get("type") is not None:
-        kind = attrs["type"]
-        kind = _unquote(kind.strip()) if isinstance(kind, str) else kind
-        if kind not in NODE_TYPES:
-            raise GraphError(f"{_where(name, source)}: type={attrs['type']!r} is not one of {', '.join(NODE_TYPES)}")
-        kw["type"] = kind
+    for key, allowed in (("type", NODE_TYPES), ("transform", TRANSFORMS)):
+        if attrs.get(key) is not None:
+            kw[key] = _to_choice(attrs[key], key, allowed, name, source)
     if attrs.get("classes") is not None:
         kw["classes"] = _to_classes(attrs["classes"], name, source)
-    if attrs.get("transform") is not None:
-        kind = attrs["transform"]
-        kind = _unquote(kind.strip()) if isinstance(kind, str) else kind
-        if kind not in TRANSFORMS:
-            raise GraphError(f"{_where(name, source)}: transform={attrs['transform']!r} is not one of {', '.join(TRANSFORMS)}")
-        kw["transform"] = kind
     for key in ("low", "high"):
         if attrs.get(key) is not None:
             kw[key] = _to_float(attrs[key], key, name, source)

@@ -163,9 +163,9 @@ def test_rerun_with_another_budget_is_refused(tmp_path, capsys):
     assert str(out) in err and "steps=5" in err and "Traceback" not in err
 
 
-def test_a_sweep_written_before_a_config_field_existed_continues(tmp_path, capsys):
-    """Upgrading mid-sweep: the stored train-config.yaml lacks a field added since (here
-    ``train.compile``); the runs are the same, so the sweep continues; a changed value is refused."""
+def _trained_sweep_stored_without(tmp_path, capsys, section: str, key: str):
+    """A sweep with one trained run whose stored train-config.yaml lacks ``section.key`` (as if an
+    older version had written it); returns ``(graph, data, config, out)``."""
     import json
 
     import yaml
@@ -178,10 +178,19 @@ def test_a_sweep_written_before_a_config_field_existed_continues(tmp_path, capsy
     assert main(first.split()[1:] + ["--no-progress"]) == 0  # a run has trained: the settings now bind
     meta = json.loads((out / "sweep.json").read_text())
     old = yaml.safe_load(meta["identity"]["train_config"])
-    del old["train"]["compile"]
+    del old[section][key]
     meta["identity"]["train_config"] = "# an older version's file\n" + yaml.safe_dump(old, sort_keys=False)
     (out / "sweep.json").write_text(json.dumps(meta))
     capsys.readouterr()
+    return graph, data, config, out
+
+
+def test_a_sweep_written_before_a_config_field_existed_continues(tmp_path, capsys):
+    """Upgrading mid-sweep: the stored train-config.yaml lacks a field added since (here
+    ``train.compile``); the runs are the same, so the sweep continues; a changed value is refused."""
+    import yaml
+
+    graph, data, config, out = _trained_sweep_stored_without(tmp_path, capsys, "train", "compile")
     assert main(_args(graph, data, config, out, "--print-commands")) == 0
     changed = yaml.safe_load(config.read_text()) or {}
     changed.setdefault("train", {})["compile"] = True
@@ -195,22 +204,9 @@ def test_a_sweep_of_runs_trained_before_label_average_names_the_change(tmp_path,
     """A sweep trained before ``model.label_average`` existed (its runs averaged the label terms
     over the batch) is not continued with the new default: the refusal names the field and both
     values, and a config that sets the old value continues it."""
-    import json
-
     import yaml
 
-    data, graph, config = _user_folder(tmp_path, n=16)
-    out = tmp_path / "sweep"
-    capsys.readouterr()
-    assert main(_args(graph, data, config, out, "--print-commands")) == 0
-    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("causaldiffae train"))
-    assert main(first.split()[1:] + ["--no-progress"]) == 0
-    meta = json.loads((out / "sweep.json").read_text())
-    old = yaml.safe_load(meta["identity"]["train_config"])
-    del old["model"]["label_average"]
-    meta["identity"]["train_config"] = "# an older version's file\n" + yaml.safe_dump(old, sort_keys=False)
-    (out / "sweep.json").write_text(json.dumps(meta))
-    capsys.readouterr()
+    graph, data, config, out = _trained_sweep_stored_without(tmp_path, capsys, "model", "label_average")
     assert main(_args(graph, data, config, out, "--print-commands")) == 2
     assert "model.label_average: 'batch' -> 'labelled'" in capsys.readouterr().err
     back = yaml.safe_load(config.read_text()) or {}

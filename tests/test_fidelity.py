@@ -73,20 +73,26 @@ def test_mechanism_term_masks_missing_labels_and_leaves_parents_alone():
     assert torch.all(scm.mechanism_loss(z, torch.full((4, 2), float("nan"))) == 0)
 
 
-def test_model_loss_reports_and_weights_the_mechanism_term():
-    g = tiny_graph()
-    ds = tiny_dataset(8)
-    images, labels = ds.batch(range(8))
-    cfg = tiny_run_config().model
+def _paired_loss_terms(images, labels, field: str, a_value, b_value):
+    """loss_terms of two tiny models that differ only in ModelConfig ``field`` (same weights, same
+    draws); returns ``(terms_a, terms_b, model_a)``."""
+    cfg = tiny_run_config().model.to_dict()
     torch.manual_seed(0)
-    with_term = CausalDiffAE(g, ModelConfig.from_dict({**cfg.to_dict(), "mechanism_weight": 1.0}))
-    without = CausalDiffAE(g, ModelConfig.from_dict({**cfg.to_dict(), "mechanism_weight": 0.0}))
-    without.load_state_dict(with_term.state_dict())
-    kw = dict(t=torch.full((8,), 50), noise=torch.randn(8, 3, SIZE, SIZE), cond_mask=torch.ones(8, dtype=torch.bool))
+    model_a = CausalDiffAE(tiny_graph(), ModelConfig.from_dict({**cfg, field: a_value}))
+    model_b = CausalDiffAE(tiny_graph(), ModelConfig.from_dict({**cfg, field: b_value}))
+    model_b.load_state_dict(model_a.state_dict())
+    n = images.shape[0]
+    kw = dict(t=torch.full((n,), 50), noise=torch.randn(n, 3, SIZE, SIZE), cond_mask=torch.ones(n, dtype=torch.bool))
     pyro.set_rng_seed(0)
-    a = with_term.loss_terms(images, labels, **kw)
+    a = model_a.loss_terms(images, labels, **kw)
     pyro.set_rng_seed(0)
-    b = without.loss_terms(images, labels, **kw)
+    b = model_b.loss_terms(images, labels, **kw)
+    return a, b, model_a
+
+
+def test_model_loss_reports_and_weights_the_mechanism_term():
+    images, labels = tiny_dataset(8).batch(range(8))
+    a, b, _ = _paired_loss_terms(images, labels, "mechanism_weight", 1.0, 0.0)
     assert a["mechanism"] > 0 and b["mechanism"] == 0
     assert torch.allclose(a["loss"] - b["loss"], a["mechanism"], atol=1e-5)
 
@@ -96,20 +102,10 @@ def test_label_terms_average_over_the_labelled_rows(labelled_rows):
     """With ``label_average="labelled"`` the label and mechanism terms are the labelled rows' mean,
     so a quarter-labelled batch pulls on its labels as hard as a fully labelled one; "batch" counts
     the missing rows as 0 and shrinks by the labelled share. With every label present they agree."""
-    g = tiny_graph()
     images, labels = tiny_dataset(8).batch(range(8))
     labels = labels.clone()
     labels[labelled_rows:] = float("nan")
-    cfg = tiny_run_config().model.to_dict()
-    torch.manual_seed(0)
-    per_row = CausalDiffAE(g, ModelConfig.from_dict({**cfg, "label_average": "labelled"}))
-    per_batch = CausalDiffAE(g, ModelConfig.from_dict({**cfg, "label_average": "batch"}))
-    per_batch.load_state_dict(per_row.state_dict())
-    kw = dict(t=torch.full((8,), 50), noise=torch.randn(8, 3, SIZE, SIZE), cond_mask=torch.ones(8, dtype=torch.bool))
-    pyro.set_rng_seed(0)
-    a = per_row.loss_terms(images, labels, **kw)
-    pyro.set_rng_seed(0)
-    b = per_batch.loss_terms(images, labels, **kw)
+    a, b, per_row = _paired_loss_terms(images, labels, "label_average", "labelled", "batch")
     share = labelled_rows / 8
     assert a["label"] > 0 and a["mechanism"] > 0
     assert torch.allclose(a["label"] * share, b["label"], rtol=1e-5)

@@ -12,9 +12,7 @@ intended counterfactual labels (the simulator's or DoWhy's), in normalised units
 * floor: ``|readout(z) - factual label|``, the readout's own error on the factual image. It is a
   lower bound on what a perfect mechanism leaves, not that error itself: an exact ``f_i`` applied to
   the encoder's latents also errs by the *parents'* reading error times the mechanism's slope
-  (on Morpho-MNIST, where intensity moves up to 2.75 normalised units per unit of thickness, an
-  exact mechanism on the shipped encoder's readings leaves 0.096 against this floor's 0.040;
-  ``experiments/latent_floor.py``, docs/results.md).
+  (measured for a shipped model in docs/results.md, with ``experiments/latent_floor.py``).
 
 The achieved fraction ``(do_nothing - model) / (do_nothing - floor)`` of each descendant is the
 share of its true change the mechanisms produce (:mod:`causaldiffae.metrics.baselines`).
