@@ -14,7 +14,9 @@ Training loss (per example; :meth:`CausalDiffAE.loss_terms`)::
     L = L_simple + gamma(step) * (kl_weight * KL(q(u|x) || N(0, I)) + label_weight * 0.5 ||z_i - y~_i||^2)
 
 With labels missing, each node's label term (and the mechanism-fitting term) is averaged over the
-rows that carry its label (``ModelConfig.label_average``). The terms are read off a guide trace and
+rows that carry its label (``ModelConfig.label_average``), and a categorical node's class is also
+learnt from the rows without it: the class the encoder reads with confidence is the target for a
+shifted copy of the image (``ModelConfig.consistency_weight``, :meth:`CausalDiffAE.consistency_loss`). The terms are read off a guide trace and
 a model trace replayed on it, so the loss uses exactly the model and guide above; see
 ``docs/training.md`` for why we do not call ``SVI.step`` directly.
 """
@@ -48,9 +50,10 @@ PREDICTIONS = ("eps", "v")
 DECODER_LATENTS = ("sample", "mean")
 GUIDANCE_REFERENCES = ("null", "factual")
 LABEL_AVERAGES = ("labelled", "batch")
+CONSISTENCY_ROWS = ("unlabelled", "all")
 #: The values of fields added after the first shipped models, for configs saved without them.
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample",
-                                       "guidance": "null", "label_average": "batch"}
+                                       "guidance": "null", "label_average": "batch", "consistency_weight": 0.0}
 
 #: The UNet's precision when sampling (see :mod:`causaldiffae.precision` and ``docs/benchmarks.md``).
 INFERENCE_PRECISION = "auto"
@@ -89,6 +92,18 @@ class ModelConfig:
             batches hold fewer labelled rows, each weighing more). "batch": the mean over every row,
             missing labels counting 0, so the term shrinks with the labelled share. With all labels
             present both are the same.
+        consistency_weight: weight of the pseudo-label term of categorical nodes (0 = off). On rows
+            that lack a categorical node's label, the class the encoder reads from the image, where
+            its probability is at least ``consistency_threshold``, becomes the target for a copy of
+            the image shifted by up to ``consistency_shift`` pixels (:func:`shift_images`): the
+            class is learnt from unlabelled images as well, and must not depend on where the object
+            sits. Rows carrying the label are left to the label term, so with every label present
+            the term is zero. See :meth:`CausalDiffAE.consistency_loss`.
+        consistency_threshold: the least class probability that makes a pseudo-label, in [0, 1].
+        consistency_shift: the largest shift of the augmented copy, in pixels, each axis (>= 0).
+        consistency_rows: "unlabelled" (default): only rows lacking the label; "all": rows carrying
+            it also train their shifted copy, towards their label (so the term acts with every
+            label present too).
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -111,6 +126,10 @@ class ModelConfig:
     decoder_latent: str = "mean"
     guidance: str = "null"
     label_average: str = "labelled"
+    consistency_weight: float = 1.0
+    consistency_threshold: float = 0.95
+    consistency_shift: int = 2
+    consistency_rows: str = "unlabelled"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -122,11 +141,17 @@ class ModelConfig:
             raise ConfigError(f"model variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ConfigError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
-        for name in ("kl_weight", "label_weight", "mechanism_weight"):
+        if not 0.0 <= self.consistency_threshold <= 1.0:
+            raise ConfigError(f"consistency_threshold must be in [0, 1], got {self.consistency_threshold}")
+        if int(self.consistency_shift) != self.consistency_shift or not 0 <= self.consistency_shift < self.unet.image_size // 2:
+            raise ConfigError(f"consistency_shift must be a whole number of pixels in [0, {self.unet.image_size // 2}), "
+                              f"got {self.consistency_shift}")
+        self.consistency_shift = int(self.consistency_shift)
+        for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES),
-                              ("label_average", LABEL_AVERAGES)):
+                              ("label_average", LABEL_AVERAGES), ("consistency_rows", CONSISTENCY_ROWS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model {name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -286,14 +311,16 @@ class CausalDiffAE(nn.Module):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         cond_mask: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training objective and its parts, each a scalar (batch mean).
 
         Returns a dict with ``loss`` (to minimise), ``diffusion`` (L_simple), ``kl`` (sum over
         latent dimensions), ``label`` (0.5 * squared error over labelled blocks; cross-entropy for
-        categorical nodes), ``mechanism`` (the mechanism-fitting term), ``labelled``
-        (the fraction of labels present) and the weights in force. ``t``, ``noise`` and
-        ``cond_mask`` fix the random draws (see :func:`causaldiffae.training.step_noise`); when
+        categorical nodes), ``mechanism`` (the mechanism-fitting term), ``consistency`` (the
+        categorical pseudo-label term, :meth:`consistency_loss`), ``labelled`` (the fraction of
+        labels present) and the weights in force. ``t``, ``noise``, ``cond_mask`` and ``shift``
+        (``(B, 2)`` uniform in [0, 1)) fix the random draws (see :func:`causaldiffae.training.step_noise`); when
         ``cond_mask`` is None, each example uses the null condition with probability ``p_uncond``
         while training.
         """
@@ -335,7 +362,13 @@ class CausalDiffAE(nn.Module):
         if cfg.mechanism_weight > 0 and labels is not None and cfg.variant == "causal":
             z = torch.cat([model_tr.nodes[f"z_{n}"]["value"] for n in self.graph.nodes], dim=-1)
             mechanism = self.scm.mechanism_loss(z, labels, per_labelled_row=cfg.label_average == "labelled")
-        loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism)
+        consistency = images.new_zeros(B)
+        if cfg.consistency_weight > 0 and labels is not None:
+            consistency = self.consistency_loss(images, labels, decoder_cond if decoder_cond is not None else
+                                                self.scm.mechanisms(torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc
+                                                                               for n in self.graph.nodes], dim=-1)), shift)
+        loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism
+                                    + cfg.consistency_weight * consistency)
         present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
         return {
             "loss": loss.mean(),
@@ -343,9 +376,46 @@ class CausalDiffAE(nn.Module):
             "kl": kl.mean(),
             "label": label.mean(),
             "mechanism": mechanism.mean(),
+            "consistency": consistency.mean(),
             "labelled": present,
             "gamma": torch.tensor(gamma),
         }
+
+    def consistency_loss(self, images: torch.Tensor, labels: torch.Tensor, z: torch.Tensor,
+                         shift: torch.Tensor | None = None) -> torch.Tensor:
+        """The pseudo-label term of the categorical nodes, per row ``(B,)`` (0 without categorical nodes).
+
+        For each categorical node and each row *without* its label: if the class read from the
+        image (``z``, the latents of the unshifted images ``(B, D)``, held fixed) has probability at
+        least ``consistency_threshold``, the cross-entropy of that class under the logits the
+        encoder and SCM give a copy of the image shifted by up to ``consistency_shift`` pixels
+        (:func:`shift_images`; ``shift`` ``(B, 2)`` uniform in [0, 1) picks the offsets, random when
+        None). Each node's term is the mean over the rows lacking its label (rows below the
+        threshold count 0), so labelled and unlabelled rows pull as hard at any label fraction;
+        with every label present it is 0. ``images`` ``(B, C, H, W)``, ``labels`` ``(B, n_nodes)``.
+        """
+        g, cfg, B = self.graph, self.config, images.shape[0]
+        every = cfg.consistency_rows == "all"
+        todo = [(i, n) for i, n in enumerate(g.nodes)
+                if g.is_categorical(n) and (every or torch.isnan(labels[:, i]).any())]
+        out = images.new_zeros(B)
+        if not todo:
+            return out
+        if shift is None:
+            shift = torch.rand(B, 2, device=images.device)
+        z_shifted = self.scm.mechanisms(self.encoder(shift_images(images, shift, cfg.consistency_shift))[0])
+        for i, name in todo:
+            b = g.block(name)
+            prob, target = torch.softmax(z[:, b].detach(), dim=-1).max(dim=-1)
+            missing = torch.isnan(labels[:, i])
+            use = missing & (prob >= cfg.consistency_threshold)
+            if every:  # rows carrying the label: their label is the shifted copy's target
+                target = torch.where(missing, target, torch.nan_to_num(g.class_index(name, labels[:, i]), nan=0.0).long())
+            nll = torch.nn.functional.cross_entropy(z_shifted[:, b], target, reduction="none")
+            out = out + torch.where(use, nll, torch.zeros_like(nll)) * (B / missing.sum().clamp(min=1))
+            if every:
+                out = out + torch.where(missing, torch.zeros_like(nll), nll) * (B / (~missing).sum().clamp(min=1))
+        return out
 
     def _row_weights(self, mask: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-row weights ``(B,)`` of one node's label term: the mask itself (``label_average="batch"``)
@@ -460,6 +530,26 @@ def checkpoint_meta(graph: CausalGraph, run: Any, step: int, data: Mapping[str, 
         "data": dict(data),
         **(dict(extra) if extra else {}),
     }
+
+
+def shift_images(images: torch.Tensor, shift: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Shift each image by whole pixels, filling the uncovered border with its edge pixels.
+
+    ``images`` ``(B, C, H, W)``; ``shift`` ``(B, 2)`` uniform in [0, 1) gives each row's offsets
+    ``(dy, dx) = floor(shift * (2 * max_shift + 1)) - max_shift``, so each lies in
+    ``[-max_shift, max_shift]``; a positive offset moves the content down / right. Returns the
+    shifted images, same shape. ``max_shift=0`` returns the images unchanged.
+    """
+    if max_shift == 0:
+        return images
+    s = int(max_shift)
+    off = (shift * (2 * s + 1)).floor().long().clamp(0, 2 * s)  # index of the crop's corner in the padded image
+    padded = torch.nn.functional.pad(images, (s, s, s, s), mode="replicate")
+    H, W = images.shape[-2:]
+    rows = torch.arange(H, device=images.device)[None, :] + (2 * s - off[:, :1])  # (B, H)
+    cols = torch.arange(W, device=images.device)[None, :] + (2 * s - off[:, 1:])  # (B, W)
+    b = torch.arange(images.shape[0], device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def load_model(
