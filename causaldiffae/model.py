@@ -331,10 +331,10 @@ class CausalDiffAE(nn.Module):
             cond_mask = torch.rand(B, device=images.device) >= self.config.p_uncond
         cfg = self.config
         guide_tr = poutine.trace(self.guide).get_trace(images)
-        decoder_cond = None
-        if cfg.decoder_latent == "mean":  # the decoder learns from the latents queries will give it
-            mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
-            decoder_cond = self.scm.mechanisms(mu)
+        mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
+        z_mean = self.scm.mechanisms(mu)  # the latents a query abducts from these images
+        # the decoder learns from the latents queries will give it ("mean") or from sampled ones
+        decoder_cond = z_mean if cfg.decoder_latent == "mean" else None
         model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(
             images, labels, cond_mask, t, noise, decoder_cond)
 
@@ -364,9 +364,7 @@ class CausalDiffAE(nn.Module):
             mechanism = self.scm.mechanism_loss(z, labels, per_labelled_row=cfg.label_average == "labelled")
         consistency = images.new_zeros(B)
         if cfg.consistency_weight > 0 and labels is not None:
-            consistency = self.consistency_loss(images, labels, decoder_cond if decoder_cond is not None else
-                                                self.scm.mechanisms(torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc
-                                                                               for n in self.graph.nodes], dim=-1)), shift)
+            consistency = self.consistency_loss(images, labels, z_mean, shift)
         loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism
                                     + cfg.consistency_weight * consistency)
         present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
