@@ -331,8 +331,11 @@ class CausalDiffAE(nn.Module):
             cond_mask = torch.rand(B, device=images.device) >= self.config.p_uncond
         cfg = self.config
         guide_tr = poutine.trace(self.guide).get_trace(images)
-        mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
-        z_mean = self.scm.mechanisms(mu)  # the latents a query abducts from these images
+        use_consistency = cfg.consistency_weight > 0 and labels is not None
+        z_mean = None  # the latents a query abducts from these images, where a term needs them
+        if cfg.decoder_latent == "mean" or use_consistency:
+            mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
+            z_mean = self.scm.mechanisms(mu)
         # the decoder learns from the latents queries will give it ("mean") or from sampled ones
         decoder_cond = z_mean if cfg.decoder_latent == "mean" else None
         model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(
@@ -363,7 +366,7 @@ class CausalDiffAE(nn.Module):
             z = torch.cat([model_tr.nodes[f"z_{n}"]["value"] for n in self.graph.nodes], dim=-1)
             mechanism = self.scm.mechanism_loss(z, labels, per_labelled_row=cfg.label_average == "labelled")
         consistency = images.new_zeros(B)
-        if cfg.consistency_weight > 0 and labels is not None:
+        if use_consistency:
             consistency = self.consistency_loss(images, labels, z_mean, shift)
         loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism
                                     + cfg.consistency_weight * consistency)
@@ -390,7 +393,9 @@ class CausalDiffAE(nn.Module):
         (:func:`shift_images`; ``shift`` ``(B, 2)`` uniform in [0, 1) picks the offsets, random when
         None). Each node's term is the mean over the rows lacking its label (rows below the
         threshold count 0), so labelled and unlabelled rows pull as hard at any label fraction;
-        with every label present it is 0. ``images`` ``(B, C, H, W)``, ``labels`` ``(B, n_nodes)``.
+        with every label present it is 0. With ``consistency_rows="all"`` the rows carrying the
+        label add the cross-entropy of their label under the shifted copy's logits, averaged over
+        those rows. ``images`` ``(B, C, H, W)``, ``labels`` ``(B, n_nodes)``.
         """
         g, cfg, B = self.graph, self.config, images.shape[0]
         every = cfg.consistency_rows == "all"
