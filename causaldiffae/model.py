@@ -51,11 +51,9 @@ DECODER_LATENTS = ("sample", "mean")
 GUIDANCE_REFERENCES = ("null", "factual")
 LABEL_AVERAGES = ("labelled", "batch")
 CONSISTENCY_ROWS = ("unlabelled", "all")
-CLASS_CONDITIONS = ("logits", "probs")
 #: The values of fields added after the first shipped models, for configs saved without them.
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"mechanism_weight": 0.0, "prediction": "eps", "decoder_latent": "sample",
-                                       "guidance": "null", "label_average": "batch", "consistency_weight": 0.0,
-                                       "class_condition": "logits"}
+                                       "guidance": "null", "label_average": "batch", "consistency_weight": 0.0}
 
 #: The UNet's precision when sampling (see :mod:`causaldiffae.precision` and ``docs/benchmarks.md``).
 INFERENCE_PRECISION = "auto"
@@ -106,10 +104,6 @@ class ModelConfig:
         consistency_rows: "unlabelled" (default): only rows lacking the label; "all": rows carrying
             it also train their shifted copy, towards their label (so the term acts with every
             label present too).
-        class_condition: what the decoder reads of a categorical node's block: "logits" (the block
-            as it is) or "probs" (its softmax, :class:`~causaldiffae.networks.UNet` ``class_blocks``):
-            a class distribution, whose only free parts are the argmax and the confidence, so the
-            decoder cannot learn to read anything but the class from the block.
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -136,7 +130,6 @@ class ModelConfig:
     consistency_threshold: float = 0.95
     consistency_shift: int = 2
     consistency_rows: str = "unlabelled"
-    class_condition: str = "logits"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -158,8 +151,7 @@ class ModelConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES),
-                              ("label_average", LABEL_AVERAGES), ("consistency_rows", CONSISTENCY_ROWS),
-                              ("class_condition", CLASS_CONDITIONS)):
+                              ("label_average", LABEL_AVERAGES), ("consistency_rows", CONSISTENCY_ROWS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model {name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -213,8 +205,7 @@ class CausalDiffAE(nn.Module):
         scm_graph = graph if config.variant == "causal" else graph.without_edges()
         self.scm = LatentSCM(scm_graph, mechanism=config.mechanism, hidden=config.mechanism_hidden)
         self.encoder = SemanticEncoder(config.encoder, graph.latent_dim)
-        class_blocks = [graph.block(n) for n in graph.nodes if graph.is_categorical(n)] if config.class_condition == "probs" else []
-        self.unet = UNet(config.unet, cond_dim=graph.latent_dim, null_cond=config.null_cond, class_blocks=class_blocks)
+        self.unet = UNet(config.unet, cond_dim=graph.latent_dim, null_cond=config.null_cond)
         self.schedule = NoiseSchedule(kind=config.schedule, num_timesteps=config.timesteps, prediction=config.prediction)
         self.inference_mode = "auto"
         self.inference_precision = INFERENCE_PRECISION

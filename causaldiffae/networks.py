@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -285,18 +285,13 @@ class UNet(nn.Module):
     Returns ``eps`` ``(B, C, H, W)``.
     """
 
-    def __init__(self, config: UNetConfig, cond_dim: int, null_cond: Literal["learned", "zero"] = "learned",
-                 class_blocks: Sequence[slice] = ()) -> None:
+    def __init__(self, config: UNetConfig, cond_dim: int, null_cond: Literal["learned", "zero"] = "learned") -> None:
         super().__init__()
         if int(cond_dim) < 1:
             raise ConfigError(f"UNet: cond_dim must be >= 1, got {cond_dim}")
         if null_cond not in ("learned", "zero"):
             raise ConfigError(f"UNet: null_cond must be 'learned' or 'zero', got {null_cond!r}")
         self.config, self.cond_dim, self.null_cond_kind = config, int(cond_dim), null_cond
-        self.class_blocks = tuple(class_blocks)
-        for b in self.class_blocks:
-            if not (isinstance(b, slice) and 0 <= (b.start or 0) < (b.stop or 0) <= self.cond_dim):
-                raise ConfigError(f"UNet: class block {b!r} is not a slice inside the condition's {self.cond_dim} dimensions")
         c, g, dp = config.base_channels, config.num_groups, config.dropout
         tdim = config.time_dim or 4 * c
         if null_cond == "learned":
@@ -341,23 +336,13 @@ class UNet(nn.Module):
 
     # ---- condition handling (kept outside the pure-tensor core so the core can be traced/compiled)
     def resolve_cond(self, cond: Tensor | None, cond_mask: Tensor | None, batch: int) -> Tensor:
-        """The effective condition ``(B, D)``: ``cond`` where ``cond_mask`` is True, else the null vector.
-
-        Each of ``class_blocks`` (the logits of a categorical node) is replaced by its softmax, so
-        the network reads a class distribution: its argmax and confidence, not the logits' free
-        offset and scale. The null vector is used as it is."""
+        """The effective condition ``(B, D)``: ``cond`` where ``cond_mask`` is True, else the null vector."""
         null = self.null_cond.to(dtype=torch.float32)[None].expand(batch, -1)
         if cond is None:
             return null
         if cond.ndim != 2 or cond.shape != (batch, self.cond_dim):
             raise DataError(f"UNet: expected cond of shape ({batch}, {self.cond_dim}), got {tuple(cond.shape)}")
         cond = cond.to(null.dtype)
-        if self.class_blocks:
-            parts, at = [], 0
-            for b in sorted(self.class_blocks, key=lambda b: b.start):
-                parts += [cond[:, at:b.start], torch.softmax(cond[:, b], dim=-1)]
-                at = b.stop
-            cond = torch.cat(parts + [cond[:, at:]], dim=1)
         if cond_mask is None:
             return cond
         if cond_mask.shape != (batch,):
