@@ -127,7 +127,7 @@ class ModelConfig:
     guidance: str = "null"
     label_average: str = "labelled"
     consistency_weight: float = 1.0
-    consistency_threshold: float = 0.95
+    consistency_threshold: float = 0.8
     consistency_shift: int = 2
     consistency_rows: str = "unlabelled"
 
