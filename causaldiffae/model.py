@@ -104,12 +104,6 @@ class ModelConfig:
         consistency_rows: "unlabelled" (default): only rows lacking the label; "all": rows carrying
             it also train their shifted copy, towards their label (so the term acts with every
             label present too).
-        consistency_nodes: the nodes the term covers; None (default) = every categorical node. A
-            continuous node named here adds the squared distance between its block read from the
-            shifted copy and from the image itself (held fixed), ``0.5 ||z_i(shift(x)) - z_i(x)||^2``,
-            on the rows lacking its label (the Pi-model's consistency; no threshold). Name only
-            nodes that a shift of a few pixels leaves unchanged (a stroke's thickness, not a
-            position), checked against the graph when the model is built.
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -136,7 +130,6 @@ class ModelConfig:
     consistency_threshold: float = 0.8
     consistency_shift: int = 2
     consistency_rows: str = "unlabelled"
-    consistency_nodes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -154,10 +147,6 @@ class ModelConfig:
             raise ConfigError(f"consistency_shift must be a whole number of pixels in [0, {self.unet.image_size // 2}), "
                               f"got {self.consistency_shift}")
         self.consistency_shift = int(self.consistency_shift)
-        if self.consistency_nodes is not None:
-            if isinstance(self.consistency_nodes, str) or not all(isinstance(n, str) for n in self.consistency_nodes):
-                raise ConfigError(f"consistency_nodes must be a list of node names, got {self.consistency_nodes!r}")
-            self.consistency_nodes = tuple(self.consistency_nodes)
         for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -213,9 +202,6 @@ class CausalDiffAE(nn.Module):
         self.graph = graph
         self.config = config = config or ModelConfig()
         config.sync_encoder()  # the UNet's size/channels may have been set after construction
-        unknown = [n for n in config.consistency_nodes or () if n not in graph.nodes]
-        if unknown:
-            raise ConfigError(f"consistency_nodes {unknown} are not nodes of the graph; its nodes: {list(graph.nodes)}")
         scm_graph = graph if config.variant == "causal" else graph.without_edges()
         self.scm = LatentSCM(scm_graph, mechanism=config.mechanism, hidden=config.mechanism_hidden)
         self.encoder = SemanticEncoder(config.encoder, graph.latent_dim)
@@ -396,53 +382,42 @@ class CausalDiffAE(nn.Module):
             "gamma": torch.tensor(gamma),
         }
 
-    def consistency_nodes(self) -> list[str]:
-        """The nodes the consistency term covers: ``config.consistency_nodes``, or every categorical node."""
-        names = self.config.consistency_nodes
-        return [n for n in self.graph.nodes if (n in names if names is not None else self.graph.is_categorical(n))]
-
     def consistency_loss(self, images: torch.Tensor, labels: torch.Tensor, z: torch.Tensor,
                          shift: torch.Tensor | None = None) -> torch.Tensor:
-        """The consistency term, per row ``(B,)`` (0 when it covers no node, :meth:`consistency_nodes`).
+        """The pseudo-label term of the categorical nodes, per row ``(B,)`` (0 without categorical nodes).
 
-        For each covered categorical node and each row *without* its label: if the class read
-        from the image (``z``, the latents of the unshifted images ``(B, D)``, held fixed) has
-        probability at least ``consistency_threshold``, the cross-entropy of that class under the
-        logits the encoder and SCM give a copy of the image shifted by up to ``consistency_shift``
-        pixels (:func:`shift_images`; ``shift`` ``(B, 2)`` uniform in [0, 1) picks the offsets,
-        random when None). For a covered continuous node, ``0.5 ||z_i(copy) - z_i||^2`` on every
-        row without its label. Each node's term is the mean over the rows lacking its label (rows
-        below the threshold count 0), so labelled and unlabelled rows pull as hard at any label
-        fraction; with every label present it is 0. With ``consistency_rows="all"`` the rows
-        carrying the label add the label's negative log-likelihood under the shifted copy's
-        block (as the label term has it), averaged over those rows. ``images`` ``(B, C, H, W)``,
-        ``labels`` ``(B, n_nodes)``.
+        For each categorical node and each row *without* its label: if the class read from the
+        image (``z``, the latents of the unshifted images ``(B, D)``, held fixed) has probability at
+        least ``consistency_threshold``, the cross-entropy of that class under the logits the
+        encoder and SCM give a copy of the image shifted by up to ``consistency_shift`` pixels
+        (:func:`shift_images`; ``shift`` ``(B, 2)`` uniform in [0, 1) picks the offsets, random when
+        None). Each node's term is the mean over the rows lacking its label (rows below the
+        threshold count 0), so labelled and unlabelled rows pull as hard at any label fraction;
+        with every label present it is 0. With ``consistency_rows="all"`` the rows carrying the
+        label add the cross-entropy of their label under the shifted copy's logits, averaged over
+        those rows. ``images`` ``(B, C, H, W)``, ``labels`` ``(B, n_nodes)``.
         """
         g, cfg, B = self.graph, self.config, images.shape[0]
         every = cfg.consistency_rows == "all"
-        todo = [(g.nodes.index(n), n) for n in self.consistency_nodes()]
-        todo = [(i, n) for i, n in todo if every or torch.isnan(labels[:, i]).any()]
+        todo = [(i, n) for i, n in enumerate(g.nodes)
+                if g.is_categorical(n) and (every or torch.isnan(labels[:, i]).any())]
         out = images.new_zeros(B)
         if not todo:
             return out
         if shift is None:
             shift = torch.rand(B, 2, device=images.device)
         z_shifted = self.scm.mechanisms(self.encoder(shift_images(images, shift, cfg.consistency_shift))[0])
-        target_labels = g.to_latent(labels)
         for i, name in todo:
             b = g.block(name)
+            prob, target = torch.softmax(z[:, b].detach(), dim=-1).max(dim=-1)
             missing = torch.isnan(labels[:, i])
-            if g.is_categorical(name):
-                prob, target = torch.softmax(z[:, b].detach(), dim=-1).max(dim=-1)
-                use = missing & (prob >= cfg.consistency_threshold)
-                nll = torch.nn.functional.cross_entropy(z_shifted[:, b], target, reduction="none")
-            else:
-                use = missing
-                nll = 0.5 * (z_shifted[:, b] - z[:, b].detach()).pow(2).sum(dim=-1)
-            out = out + torch.where(use, nll, torch.zeros_like(nll)) * (B / missing.sum().clamp(min=1))
+            use = missing & (prob >= cfg.consistency_threshold)
             if every:  # rows carrying the label: their label is the shifted copy's target
-                own = self.scm.label_nll(name, z_shifted[:, b], torch.nan_to_num(target_labels[:, i], nan=0.0))
-                out = out + torch.where(missing, torch.zeros_like(own), own) * (B / (~missing).sum().clamp(min=1))
+                target = torch.where(missing, target, torch.nan_to_num(g.class_index(name, labels[:, i]), nan=0.0).long())
+            nll = torch.nn.functional.cross_entropy(z_shifted[:, b], target, reduction="none")
+            out = out + torch.where(use, nll, torch.zeros_like(nll)) * (B / missing.sum().clamp(min=1))
+            if every:
+                out = out + torch.where(missing, torch.zeros_like(nll), nll) * (B / (~missing).sum().clamp(min=1))
         return out
 
     def _row_weights(self, mask: torch.Tensor, batch: int) -> torch.Tensor:

@@ -1,7 +1,6 @@
-"""The consistency term (``ModelConfig.consistency_*``): the image shift it trains on, which rows
-it uses, that it is exactly zero with every label present, that it makes the class read from a
-shifted image agree with the class read from the image itself, and, for the continuous nodes named
-in ``consistency_nodes``, the reading of the node."""
+"""The categorical pseudo-label term (``ModelConfig.consistency_*``): the image shift it trains
+on, which rows it uses, that it is exactly zero with every label present, and that it makes the
+class read from a shifted image agree with the class read from the image itself."""
 
 from __future__ import annotations
 
@@ -144,80 +143,6 @@ def test_training_on_the_term_makes_shifted_images_read_as_the_same_class():
         opt.step()
     after = agreement()
     assert after >= max(0.9, before)
-
-
-def test_a_named_continuous_node_matches_its_own_reading_on_unlabelled_rows():
-    """``consistency_nodes`` with a continuous node, no shift yet a different input: the node's
-    term is ``0.5 ||z_i(copy) - z_i||^2`` averaged over the rows lacking its label, added to the
-    digit's; rows carrying the label add nothing; unnamed, the node adds nothing."""
-    nan = float("nan")
-    labels = torch.tensor([[0.0, 1.0], [nan, 2.0], [2.0, nan], [nan, 0.5], [nan, nan], [1.0, 1.0]])
-    images = torch.rand(6, 3, 16, 16) * 2 - 1
-    shift = torch.rand(6, 2, generator=torch.Generator().manual_seed(4))
-    got = {}
-    for nodes in (["thickness"], ["thickness", "digit"], None):
-        m = model(consistency_threshold=0.0, consistency_nodes=nodes)
-        m.eval()
-        z = m.scm.mechanisms(m.encoder(images)[0])
-        got[str(nodes)] = m.consistency_loss(images, labels, z, shift=shift)
-        zs = m.scm.mechanisms(m.encoder(shift_images(images, shift, 2))[0])
-    b = m.graph.block("thickness")
-    missing = torch.isnan(labels[:, 1])
-    sq = 0.5 * (zs[:, b] - z[:, b]).pow(2).sum(-1)
-    torch.testing.assert_close(got["['thickness']"].mean(), (sq * missing).sum() / missing.sum())
-    assert (got["['thickness']"][~missing] == 0).all() and (got["['thickness']"][missing] > 0).all()
-    torch.testing.assert_close(got["['thickness', 'digit']"], got["['thickness']"] + got["None"])
-    full = torch.nan_to_num(labels, nan=1.0)
-    assert (model(consistency_nodes=["thickness"]).consistency_loss(images, full, z, shift=shift) == 0).all()
-
-
-def test_rows_all_trains_a_continuous_nodes_labelled_copies_towards_the_label():
-    m = model(consistency_nodes=["thickness"], consistency_rows="all", consistency_shift=0)
-    m.eval()
-    images = torch.rand(5, 3, 16, 16) * 2 - 1
-    labels = torch.tensor([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [1.0, 0.5], [0.0, 4.0]])
-    z = m.scm.mechanisms(m.encoder(images)[0])
-    want = m.scm.label_nll("thickness", z[:, m.graph.block("thickness")], m.graph.to_latent(labels)[:, 1])
-    torch.testing.assert_close(m.consistency_loss(images, labels, z), want)
-
-
-def test_training_on_the_term_makes_a_continuous_reading_shift_invariant():
-    """From a random encoder (its head reads a flat map, so a shift changes its reading), a few
-    optimiser steps on the term alone, without labels, bring the reading of shifted copies never
-    trained on closer to the reading of the images themselves."""
-    m = model(consistency_nodes=["thickness"], consistency_shift=2)
-    g = torch.Generator().manual_seed(1)
-    # smooth images (4x4 noise upsampled), so that a reading can be invariant and still differ
-    # between images; the gap is measured relative to that spread, which a collapsed reading fails
-    images = torch.nn.functional.interpolate(torch.rand(32, 3, 4, 4, generator=g) * 2 - 1, size=16, mode="bilinear")
-    labels = torch.full((32, 2), float("nan"))
-    check = torch.rand(32, 2, generator=g)
-    block = m.graph.block("thickness")
-
-    def gap() -> float:
-        with torch.no_grad():
-            z = m.scm.mechanisms(m.encoder(images)[0])[:, block]
-            zs = m.scm.mechanisms(m.encoder(shift_images(images, check, 2))[0])[:, block]
-        return float((zs - z).pow(2).mean() / z.var(dim=0).mean())
-
-    before = gap()
-    opt = torch.optim.Adam(m.encoder.parameters(), lr=3e-3)
-    for step in range(60):
-        z = m.scm.mechanisms(m.encoder(images)[0])
-        loss = m.consistency_loss(images, labels, z, shift=torch.rand(32, 2, generator=g)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert gap() < 0.5 * before
-
-
-def test_an_unknown_consistency_node_is_named():
-    with pytest.raises(ConfigError, match=r"consistency_nodes \['colour'\] are not nodes of the graph"):
-        model(consistency_nodes=["colour"])
-    d = tiny_run_config().model.to_dict()
-    d["consistency_nodes"] = "thickness"
-    with pytest.raises(ConfigError, match="consistency_nodes must be a list of node names"):
-        ModelConfig.from_dict(d)
 
 
 @pytest.mark.parametrize("field,value,match", [
