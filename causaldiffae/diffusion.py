@@ -125,6 +125,15 @@ class NoiseSchedule:
         a = self.alpha_bar(torch.as_tensor(t).reshape(-1), x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
+    def predict_x0(self, out: Tensor, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """The clean-image estimate ``x0_hat`` ``(B, C, H, W)`` from the network's output ``out`` at
+        ``x_t`` (timestep ``t`` scalar or ``(B,)``): ``(x_t - sqrt(1 - a) eps) / sqrt(a)`` for "eps",
+        ``sqrt(a) x_t - sqrt(1 - a) v`` for "v" (bounded at every noise level). Differentiable."""
+        a = self.alpha_bar(torch.as_tensor(t, dtype=torch.long).reshape(-1), x_t)
+        if self.prediction == "eps":
+            return (x_t - (1 - a).sqrt() * out) / a.sqrt()
+        return a.sqrt() * x_t - (1 - a).sqrt() * out
+
     def x0_weight(self, t: Tensor | int) -> Tensor:
         """How the training loss weights the clean-image error at ``t``: the loss equals
         ``x0_weight(t) * ||x0_hat - x0||^2`` (per pixel), ``SNR_t`` for "eps", ``1 + SNR_t`` for "v".

@@ -23,6 +23,7 @@ a model trace replayed on it, so the loss uses exactly the model and guide above
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -104,6 +105,14 @@ class ModelConfig:
         consistency_rows: "unlabelled" (default): only rows lacking the label; "all": rows carrying
             it also train their shifted copy, towards their label (so the term acts with every
             label present too).
+        cycle_weight: weight of the decoder's latent-cycle term (0 = off, the default): the decoder,
+            given a training image's noisy ``x_t`` and a latent where one random node was set to
+            another row's value (its descendants recomputed), must predict a clean image in which
+            the frozen encoder reads the change it was asked for. It uses no labels, so it acts on
+            every row at any label fraction. See :meth:`CausalDiffAE.cycle_loss`.
+        cycle_rows: how many rows of each batch (the first ones; batches are shuffled) the cycle
+            term uses (>= 2; capped at the batch): each costs one extra UNet pass with its
+            backward and two encoder passes.
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -130,6 +139,8 @@ class ModelConfig:
     consistency_threshold: float = 0.8
     consistency_shift: int = 2
     consistency_rows: str = "unlabelled"
+    cycle_weight: float = 0.0
+    cycle_rows: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -147,7 +158,10 @@ class ModelConfig:
             raise ConfigError(f"consistency_shift must be a whole number of pixels in [0, {self.unet.image_size // 2}), "
                               f"got {self.consistency_shift}")
         self.consistency_shift = int(self.consistency_shift)
-        for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight"):
+        if int(self.cycle_rows) != self.cycle_rows or self.cycle_rows < 2:
+            raise ConfigError(f"cycle_rows must be a whole number >= 2, got {self.cycle_rows}")
+        self.cycle_rows = int(self.cycle_rows)
+        for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight", "cycle_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES),
@@ -312,15 +326,17 @@ class CausalDiffAE(nn.Module):
         noise: torch.Tensor | None = None,
         cond_mask: torch.Tensor | None = None,
         shift: torch.Tensor | None = None,
+        pick: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training objective and its parts, each a scalar (batch mean).
 
         Returns a dict with ``loss`` (to minimise), ``diffusion`` (L_simple), ``kl`` (sum over
         latent dimensions), ``label`` (0.5 * squared error over labelled blocks; cross-entropy for
         categorical nodes), ``mechanism`` (the mechanism-fitting term), ``consistency`` (the
-        categorical pseudo-label term, :meth:`consistency_loss`), ``labelled`` (the fraction of
-        labels present) and the weights in force. ``t``, ``noise``, ``cond_mask`` and ``shift``
-        (``(B, 2)`` uniform in [0, 1)) fix the random draws (see :func:`causaldiffae.training.step_noise`); when
+        categorical pseudo-label term, :meth:`consistency_loss`), ``cycle`` (the decoder's
+        latent-cycle term, :meth:`cycle_loss`), ``labelled`` (the fraction of labels present) and
+        the weights in force. ``t``, ``noise``, ``cond_mask``, ``shift`` (``(B, 2)`` uniform in
+        [0, 1)) and ``pick`` (``(B,)`` uniform in [0, 1), the cycle term's node) fix the random draws (see :func:`causaldiffae.training.step_noise`); when
         ``cond_mask`` is None, each example uses the null condition with probability ``p_uncond``
         while training.
         """
@@ -333,7 +349,8 @@ class CausalDiffAE(nn.Module):
         guide_tr = poutine.trace(self.guide).get_trace(images)
         use_consistency = cfg.consistency_weight > 0 and labels is not None
         z_mean = None  # the latents a query abducts from these images, where a term needs them
-        if cfg.decoder_latent == "mean" or use_consistency:
+        use_cycle = cfg.cycle_weight > 0
+        if cfg.decoder_latent == "mean" or use_consistency or use_cycle:
             mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
             z_mean = self.scm.mechanisms(mu)
         # the decoder learns from the latents queries will give it ("mean") or from sampled ones
@@ -368,8 +385,11 @@ class CausalDiffAE(nn.Module):
         consistency = images.new_zeros(B)
         if use_consistency:
             consistency = self.consistency_loss(images, labels, z_mean, shift)
+        cycle = images.new_zeros(B)
+        if use_cycle:
+            cycle = self.cycle_loss(images, z_mean, t, noise, pick)
         loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism
-                                    + cfg.consistency_weight * consistency)
+                                    + cfg.consistency_weight * consistency + cfg.cycle_weight * cycle)
         present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
         return {
             "loss": loss.mean(),
@@ -378,6 +398,7 @@ class CausalDiffAE(nn.Module):
             "label": label.mean(),
             "mechanism": mechanism.mean(),
             "consistency": consistency.mean(),
+            "cycle": cycle.mean(),
             "labelled": present,
             "gamma": torch.tensor(gamma),
         }
@@ -418,6 +439,73 @@ class CausalDiffAE(nn.Module):
             out = out + torch.where(use, nll, torch.zeros_like(nll)) * (B / missing.sum().clamp(min=1))
             if every:
                 out = out + torch.where(missing, torch.zeros_like(nll), nll) * (B / (~missing).sum().clamp(min=1))
+        return out
+
+    def cycle_request(self, z: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        """The latent the cycle term asks the decoder to draw, ``(B, D)``: in each row one node,
+        ``floor(pick * n_nodes)`` (``pick`` ``(B,)`` in [0, 1)), set to the value read in the next
+        row (the batch rolled by one), its descendants recomputed from the row's abducted noise,
+        every other block copied (:meth:`LatentSCM.intervene`). ``z`` ``(B, D)`` factual latents."""
+        g = self.graph
+        k = (pick * len(g.nodes)).long().clamp(0, len(g.nodes) - 1)
+        values = self.predict_labels(z).roll(1, dims=0)
+        u = self.scm.abduct(z)
+        out = z.clone()
+        for i, name in enumerate(g.nodes):
+            rows = k == i
+            if bool(rows.any()):
+                out = torch.where(rows[:, None], self.scm.intervene(z, {name: values[:, i]}, u=u), out)
+        return out
+
+    def cycle_loss(self, images: torch.Tensor, z: torch.Tensor, t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None, pick: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's latent-cycle term, per row ``(B,)`` (rows beyond ``cycle_rows`` count 0).
+
+        For the first ``n = cycle_rows`` rows: ``x_t = q_sample(x0, t, noise)`` of the training
+        image, ``z'`` = :meth:`cycle_request` (one node set to another row's value, descendants
+        recomputed), and the clean-image estimates ``x0_hat(x_t, t, z')`` and, without gradient,
+        ``x0_hat(x_t, t, z)``. The encoder and the SCM, frozen (the term trains only the decoder),
+        read both; per node, a continuous node's term is ``0.5 (dread - dasked)^2``, the change in
+        its reading (block mean, latent units) against the change asked (0 for the blocks the
+        request leaves alone: they must not drift), and a categorical node's is the cross-entropy
+        of the asked class under the counterfactual estimate's logits. Comparing changes rather
+        than readings cancels the bias of reading a blurred high-noise estimate. Each row is
+        weighted by ``1 - alpha_bar_t``, the share of ``x_t`` that is noise (how far the decoder
+        can follow the latent there; about 0 at low noise, so reconstruction is left to the
+        diffusion term), and by ``B / n`` so the batch mean is the mean over the used rows.
+        ``images`` ``(B, C, H, W)``, ``z`` ``(B, D)`` the posterior-mean latents (held fixed), ``t``
+        ``(B,)``, ``noise`` like ``images``, ``pick`` ``(B,)`` (random when None).
+        """
+        g, B = self.graph, images.shape[0]
+        n = min(self.config.cycle_rows, B)
+        out = images.new_zeros(B)
+        if n < 2:
+            return out
+        x0, z = images[:n], z[:n].detach()
+        t = self.schedule.sample_t(n, images.device) if t is None else torch.as_tensor(t, device=images.device).long()[:n]
+        noise = torch.randn_like(x0) if noise is None else noise[:n]
+        pick = torch.rand(n, device=images.device) if pick is None else pick[:n]
+        with torch.no_grad():
+            z_cf = self.cycle_request(z, pick)
+            asked, have = self.scm.label_values(z_cf), self.scm.label_values(z)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        with torch.no_grad():
+            x0_f = self.schedule.predict_x0(self.unet(x_t, t, z), x_t, t).float().clamp(-1, 1)
+        x0_cf = self.schedule.predict_x0(self.unet(x_t, t, z_cf), x_t, t).float().clamp(-1, 1)
+        with frozen(self.encoder, self.scm):
+            read_cf = self.scm.mechanisms(self.encoder(x0_cf)[0])
+            with torch.no_grad():
+                read_f = self.scm.mechanisms(self.encoder(x0_f)[0])
+        term = x0.new_zeros(n)
+        for i, name in enumerate(g.nodes):
+            b = g.block(name)
+            if g.is_categorical(name):
+                term = term + torch.nn.functional.cross_entropy(read_cf[:, b].float(), asked[:, i].long(), reduction="none")
+            else:
+                moved = read_cf[:, b].float().mean(-1) - read_f[:, b].float().mean(-1)
+                term = term + 0.5 * (moved - (asked[:, i] - have[:, i])).pow(2)
+        noise_share = 1 - self.schedule.alpha_bar(t, x0).reshape(-1)
+        out[:n] = term * noise_share * (B / n)
         return out
 
     def _row_weights(self, mask: torch.Tensor, batch: int) -> torch.Tensor:
@@ -533,6 +621,21 @@ def checkpoint_meta(graph: CausalGraph, run: Any, step: int, data: Mapping[str, 
         "data": dict(data),
         **(dict(extra) if extra else {}),
     }
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Within the block the modules' parameters record no gradient (gradients still flow through
+    them to their inputs); their ``requires_grad`` flags are restored after."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
 
 
 def shift_images(images: torch.Tensor, shift: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -243,6 +243,7 @@ class StepNoise:
     cond_mask: torch.Tensor  # (b,) True = conditional, False = null condition
     eps: torch.Tensor  # (b, D) guide reparameterisation noise
     shift: torch.Tensor  # (b, 2) uniform in [0, 1): the consistency term's image shifts (ModelConfig.consistency_shift)
+    pick: torch.Tensor  # (b,) uniform in [0, 1): the node the cycle term sets in each row (ModelConfig.cycle_weight)
 
 
 def step_noise(
@@ -261,9 +262,10 @@ def step_noise(
     noise = torch.randn((global_batch, *image_shape), generator=g)
     cond_mask = torch.rand(global_batch, generator=g) >= p_uncond
     eps = torch.randn((global_batch, latent_dim), generator=g)
-    shift = torch.rand((global_batch, 2), generator=g)  # drawn last, so the draws above are unchanged
+    shift = torch.rand((global_batch, 2), generator=g)  # drawn after the others, so the draws above are unchanged
+    pick = torch.rand((global_batch,), generator=g)  # likewise after shift
     sl = slice(rank * global_batch // world, (rank + 1) * global_batch // world)
-    return StepNoise(idx[sl], t[sl], noise[sl], cond_mask[sl], eps[sl], shift[sl])
+    return StepNoise(idx[sl], t[sl], noise[sl], cond_mask[sl], eps[sl], shift[sl], pick[sl])
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -394,7 +396,7 @@ class _Loss(torch.nn.Module):
         names = {f"u_{n}": noise.eps[:, self.model.graph.block(n)] for n in self.model.graph.nodes}
         with FixedNoise(names), networks_in(self.precision, [self.model.unet, self.model.encoder], images.device):
             return self.model.loss_terms(images, labels, gamma=gamma, t=noise.t, noise=noise.noise, cond_mask=noise.cond_mask,
-                                         shift=noise.shift)
+                                         shift=noise.shift, pick=noise.pick)
 
 
 RUN_FILES = (CHECKPOINT_NAME, "config.json", "log.jsonl", "summary.json", "preview.png", "samples")
