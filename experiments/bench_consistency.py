@@ -1,4 +1,4 @@
-"""What the categorical pseudo-label term costs per training step, in one process, interleaved.
+"""What the categorical pseudo-label term and the decoder's latent cycle cost per training step, in one process, interleaved.
 
     PYTHONPATH=. python experiments/bench_consistency.py --repeat 5 --threads 2
 
@@ -8,7 +8,12 @@ AdamW, EMA) on the Morpho-MNIST configuration (``experiments/configs/morphomnist
 
 - ``off``: ``consistency_weight: 0``;
 - ``unlabelled`` (the default): pseudo-labels on the rows lacking the digit label;
-- ``all``: the labelled rows' shifted copies trained as well.
+- ``all``: the labelled rows' shifted copies trained as well;
+- ``cycle``: the default with the decoder's latent cycle at weight 0.1 (``cycle_weight``,
+  ``experiments/configs/morphomnist_v2_cycle_01.yaml``): one more UNet forward and backward, one
+  UNet forward without gradient and two encoder passes on ``cycle_rows`` (32) rows.
+
+``--modes`` picks some of them (``off`` is always timed: the others are relative to it).
 
 The term adds one encoder forward and backward on the shifted batch (and nothing with every label
 present in the default). Each repetition times every mode once, in turn, so that load from other
@@ -38,7 +43,8 @@ from causaldiffae.precision import cpu_flags  # noqa: E402
 from causaldiffae.training import RunConfig, StepNoise, _Loss, ema_update, make_optimizer, step_noise  # noqa: E402
 
 CONFIG = ROOT / "experiments" / "configs" / "morphomnist_v2.yaml"
-MODES = {"off": {"consistency_weight": 0.0}, "unlabelled": {}, "all": {"consistency_rows": "all"}}
+MODES = {"off": {"consistency_weight": 0.0}, "unlabelled": {}, "all": {"consistency_rows": "all"},
+         "cycle": {"cycle_weight": 0.1}}
 
 
 def build(overrides: dict, fraction: float):
@@ -78,12 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=5, help="training steps per mode per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fraction", type=float, default=0.1, help="label fraction of the training set")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="modes to time besides off")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    steps = {name: build(o, a.fraction) for name, o in MODES.items()}
+    modes = ["off"] + [m for m in a.modes if m != "off"]
+    steps = {name: build(MODES[name], a.fraction) for name in modes}
     for fn in steps.values():  # warm-up: first-call allocations
         fn()
-    times: dict[str, list[float]] = {name: [] for name in MODES}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(a.repeat):
         for name, fn in steps.items():
             t0 = time.perf_counter()
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512f", "avx512_bf16", "amx")))
     print(f"torch {torch.__version__}, {a.threads} threads, CPU flags: {' '.join(flags) or 'unknown'}")
     print(f"Morpho-MNIST v2 config, batch 64, {a.fraction:.0%} labels, median of {a.repeat} rounds x {a.steps} steps")
-    print("| pseudo-label term | s/step | relative to off |\n|---|---:|---:|")
+    print("| mode | s/step | relative to off |\n|---|---:|---:|")
     base = statistics.median(times["off"])
     for name, ts in times.items():
         m = statistics.median(ts)
