@@ -286,6 +286,7 @@ examples:
   causaldiffae train --graph my.dot --data my_images/ --time 30m --out runs/mine
   causaldiffae train --graph pendulum --data pendulum --steps 2400 --out runs/pendulum
   causaldiffae train --resume runs/mine --time 30m          # graph, data and config come from the run
+  causaldiffae train --init-from pendulum --config ft.yaml --steps 300 --out runs/pend_ft   # fine-tune
 """
 
 
@@ -314,6 +315,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--out", metavar="RUN", help="run folder for a new run; refused if it holds a run, unless --overwrite")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint (--steps/--time extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its checkpoint, log, previews)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="fine-tune: start the new run from a trained model's weights (exported file, run folder or shipped "
+                        "name); its graph, label scales, data and config are used where none is given")
     p.add_argument("--check-images", type=int, default=64, metavar="N",
                    help="held-out images of the final check (reconstruction, interventions); 0: skip it (default: 64)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
@@ -344,11 +348,17 @@ def _check_train_args(args):
     if args.resume:
         if args.overwrite:
             raise ConfigError("--overwrite replaces a run; it cannot go with --resume")
+        if args.init_from:
+            raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint")
         if not (Path(args.resume) / "checkpoint.safetensors").exists():
             raise ConfigError(f"--resume {args.resume}: not a run folder with a checkpoint.safetensors to continue from")
     else:
-        if not args.graph or not args.data:
-            raise ConfigError("a new run needs --graph and --data")
+        if args.init_from:
+            from causaldiffae.checkpoint import resolve_checkpoint
+
+            resolve_checkpoint(args.init_from)  # a missing model is named before anything is read
+        elif not args.graph or not args.data:
+            raise ConfigError("a new run needs --graph and --data (or --init-from MODEL to fine-tune it)")
         found = existing_run_files(args.out)
         if found and not args.overwrite:
             raise ConfigError(f"{args.out} already holds a run ({', '.join(found)}); pass --resume {args.out} to continue it "
@@ -365,7 +375,7 @@ def _train(args) -> int:
     budget = _check_train_args(args)
     run_dir = args.resume or args.out
     graph, dataset, config, data_info = prepare_training(
-        args.graph, args.data, config_path=args.config, resume=args.resume, time_budget=budget,
+        args.graph, args.data, config_path=args.config, resume=args.resume, time_budget=budget, init_from=args.init_from,
         overrides={"train.label_fraction": args.label_fraction, "train.steps": args.steps, "train.batch_size": args.batch_size,
                    "train.seed": args.seed, "model.unet.image_size": args.size, "model.variant": args.variant},
     )
@@ -373,7 +383,7 @@ def _train(args) -> int:
                      else (None, ""))
     train(graph, dataset, run_dir, config, resume=bool(args.resume), device=args.device, progress=not args.no_progress,
           data_info=data_info, time_budget=budget, overwrite=args.overwrite, heldout=heldout,
-          heldout_n=args.check_images or 64, heldout_what=what)
+          heldout_n=args.check_images or 64, heldout_what=what, init_from=args.init_from)
     return 0
 
 

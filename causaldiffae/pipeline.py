@@ -84,6 +84,7 @@ def prepare_training(
     resume: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
     time_budget: float | None = None,
+    init_from: str | os.PathLike | None = None,
 ):
     """Everything :func:`~causaldiffae.training.train` needs, from a graph, data and config spec.
 
@@ -92,6 +93,8 @@ def prepare_training(
     key in :data:`RUN_FIXED`, or a config file, is refused with a ConfigError), and the graph and
     the data default to the run's own (``graph_spec`` / ``data_spec`` None). With a
     ``time_budget`` and no ``train.steps``, the steps are left open (the budget decides).
+    A fine-tuning run (``init_from``: a trained model) takes that model's graph, data and config
+    where none is given; the overrides still apply.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if time_budget is not None and "train.steps" not in overrides:
@@ -114,9 +117,18 @@ def prepare_training(
             if data_spec is None:
                 raise ConfigError(f"{resume} does not record its data; give --data")
     else:
+        start_meta = load_checkpoint(init_from)[1] if init_from is not None else None
+        if start_meta is not None:
+            if graph_spec is None:
+                graph_spec = CausalGraph.from_dict(start_meta["graph"])
+            if data_spec is None:
+                data_spec = start_meta.get("data", {}).get("source")
+                if data_spec is None:
+                    raise ConfigError(f"{init_from} does not record its data; give --data")
         if graph_spec is None or data_spec is None:
             raise ConfigError("a new run needs --graph and --data")
-        config = RunConfig.load(config_path) if config_path else RunConfig()
+        config = (RunConfig.load(config_path) if config_path else
+                  RunConfig.from_dict(start_meta["config"], saved=True) if start_meta is not None else RunConfig())
         for k, v in overrides.items():
             _set(config, k, v)
         config.model.__post_init__()
@@ -148,6 +160,7 @@ def fit(
     time: float | str | None = None,
     overwrite: bool = False,
     check: bool = True,
+    init_from: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Path:
     """Train from Python exactly as ``causaldiffae train`` does.
@@ -157,7 +170,9 @@ def fit(
     budget (seconds or ``"10m"``); the schedule (warm-up, EMA, previews, checkpoints) follows the
     run's length unless given. ``overwrite`` replaces a previous run in ``run_dir`` (else refused);
     ``check`` runs the held-out check at the end (``RUN/summary.json``). On resume, ``graph`` and
-    ``data`` may be None (the run's own).
+    ``data`` may be None (the run's own). ``init_from`` fine-tunes a trained model (an exported
+    file, a run or a shipped name): the new run starts from its weights, and ``graph``, ``data``
+    and ``config`` left None are the model's own.
     """
     from causaldiffae.training import parse_duration
 
@@ -167,7 +182,8 @@ def fit(
     dotted = {short.get(k, k.replace("_", ".", 1)): v for k, v in overrides.items()}
     if isinstance(config, RunConfig):
         base = config
-        g, dataset, _, info = prepare_training(graph, data, None, run_dir if resume else None, dotted, time_budget=budget)
+        g, dataset, _, info = prepare_training(graph, data, None, run_dir if resume else None, dotted, time_budget=budget,
+                                               init_from=init_from)
         for k, v in dotted.items():
             _set(base, k, v)
         if budget is not None and "train.steps" not in dotted:
@@ -175,10 +191,11 @@ def fit(
         base.model.unet.in_channels = dataset.channels
         cfg = base
     else:
-        g, dataset, cfg, info = prepare_training(graph, data, config, run_dir if resume else None, dotted, time_budget=budget)
+        g, dataset, cfg, info = prepare_training(graph, data, config, run_dir if resume else None, dotted, time_budget=budget,
+                                                 init_from=init_from)
     heldout, what = open_heldout(info["source"], g, cfg.model.unet.image_size) if check else (None, "")
     return train(g, dataset, run_dir, cfg, resume=resume, device=device, progress=progress, data_info=info,
-                 time_budget=budget, overwrite=overwrite, heldout=heldout, heldout_what=what)
+                 time_budget=budget, overwrite=overwrite, heldout=heldout, heldout_what=what, init_from=init_from)
 
 
 # --------------------------------------------------------------------------- CLI jobs

@@ -317,6 +317,28 @@ def _optim_state(tensors: Mapping[str, torch.Tensor], param_groups: list[dict]) 
     return {"state": state, "param_groups": param_groups}
 
 
+def start_weights(tensors: Mapping[str, torch.Tensor], model: torch.nn.Module, where: Any) -> dict[str, torch.Tensor]:
+    """The weights a fine-tuning run starts from: a checkpoint's EMA weights (its raw weights when
+    it has no EMA), checked against ``model``'s parameter names and shapes and cast to its dtypes.
+
+    Raises:
+        ConfigError: naming ``where`` and the first differing parameters, when the checkpoint's
+            network is not the one ``model`` was built as (another UNet width, latent size, ...).
+    """
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    weights = _prefixed(tensors, prefix)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or extra or shapes:
+        parts = [f"{what} {names[:3]}{' ...' if len(names) > 3 else ''}" for what, names in
+                 (("missing", missing), ("not in this network", extra), ("other shape", shapes)) if names]
+        raise ConfigError(f"{where}: its network differs from the one the config describes ({'; '.join(parts)}); "
+                          f"fine-tune with the model settings it was trained with (omit --config to take them from it)")
+    return {k: weights[k].to(own[k].dtype) for k in own}
+
+
 def export_model(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "float16") -> Path:
     """Write an inference-only checkpoint: the EMA weights (no optimiser state, no raw weights)
     and the metadata, in ``dtype`` ("float16" halves the size; the model loads back in float32).
@@ -504,6 +526,7 @@ def train(
     heldout_n: int = 64,
     heldout_steps: int = 10,
     heldout_what: str = "held-out",
+    init_from: str | os.PathLike | None = None,
 ) -> Path:
     """Train a CausalDiffAE on ``dataset`` and write checkpoints into ``run_dir``.
 
@@ -527,6 +550,12 @@ def train(
             :func:`heldout_summary` on ``heldout_n`` of them at ``heldout_steps`` DDIM steps is written
             to ``RUN/summary.json`` and printed as the last line (``heldout_what`` names the images).
             A time budget keeps time for it.
+        init_from: fine-tuning: a new run starts from this trained model's weights (an exported
+            model, a run folder or checkpoint, or a shipped model's name) instead of a fresh
+            initialisation; the raw weights and the EMA both start there, the optimiser starts
+            afresh. Its graph (label scales included) is kept and must match ``graph``; the
+            config's model section must describe the same network (see :func:`start_weights`).
+            Recorded in the checkpoint as ``init_from``.
 
     Ctrl-C stops after the current step, writes a checkpoint and raises KeyboardInterrupt; the
     message says from which step ``resume`` continues. ``log.jsonl`` never holds a step twice.
@@ -547,6 +576,15 @@ def train(
 
     if time_budget is not None and not time_budget > 0:
         raise ConfigError(f"time_budget must be > 0 seconds, got {time_budget}")
+    if init_from is not None and resume:
+        raise ConfigError(f"init_from ({init_from}) starts a new run; a resumed run continues from its own checkpoint")
+    init: dict[str, Any] = {}
+    if init_from is not None:
+        init_tensors, init_meta = load_checkpoint(init_from)
+        saved = CausalGraph.from_dict(init_meta["graph"])
+        assert_same_graph(saved, graph, init_from)
+        graph = saved  # the label scales the weights were trained with
+        init = {"init_from": {"model": str(init_from), "step": init_meta.get("exported", {}).get("step", init_meta.get("step"))}}
     if resume:
         tensors, meta = load_checkpoint(ckpt_path)
         if "exported" in meta:
@@ -584,6 +622,10 @@ def train(
         model.load_state_dict(_prefixed(tensors, "model."))
         ema.load_state_dict(_prefixed(tensors, "ema."))
         optimizer.load_state_dict(_optim_state(tensors, optimizer.state_dict()["param_groups"]))
+    elif init_from is not None:
+        weights = start_weights(init_tensors, model, init_from)
+        model.load_state_dict(weights)
+        ema.load_state_dict(weights)
     if tc.compile:
         compile_unet(model.unet)  # after the EMA copy: the copy stays eager
     wrapped: torch.nn.Module = _Loss(model, tc.precision)
@@ -593,7 +635,9 @@ def train(
         )
 
     data_meta = {**(data_info or {}), "n": len(dataset), "label_fraction": tc.label_fraction, "labelled": labelled.labelled_count()}
-    extra = {"labelled_digest": labelled.labelled_digest()}
+    extra = {"labelled_digest": labelled.labelled_digest(), **init}
+    if resume and "init_from" in meta:
+        extra["init_from"] = meta["init_from"]
     if info.is_main:
         if overwrite and not resume:
             clear_run(run_dir)

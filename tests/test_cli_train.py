@@ -211,6 +211,66 @@ def test_fit_resumes_with_the_runs_own_graph_and_data(world, tmp_path):
         fit(None, None, run, resume=True, steps=4, label_fraction=0.5, progress=False, check=False)
 
 
+# ------------------------------------------------------------------------------ fine-tuning
+def _config_file(world, path: Path, **train) -> Path:
+    cfg = yaml.safe_load((world / "tiny.yaml").read_text())
+    cfg["train"].update(train)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_init_from_starts_from_the_models_weights_and_keeps_its_label_scales(world, tmp_path, capsys):
+    import torch
+
+    from causaldiffae.training import export_model
+
+    run = tmp_path / "run"
+    assert main(_new(world, run, "--steps", "4", "--check-images", "0")) == 0
+    exported = export_model(run, tmp_path / "mine.safetensors")  # float16 EMA weights, as shipped models are
+    source, source_meta = load_checkpoint(exported)
+    # lr 0: the weights cannot move, so the fine-tune's checkpoint must hold exactly the weights it started from
+    still = _config_file(world, tmp_path / "still.yaml", lr=0.0)
+    ft = tmp_path / "ft"
+    assert main(["train", "--init-from", str(exported), "--config", str(still), "--out", str(ft), "--steps", "2",
+                 "--no-progress", "--check-images", "0"]) == 0  # no --graph, no --data: the model's own
+    tensors, meta = load_checkpoint(ft)
+    for name, value in source.items():
+        assert torch.equal(tensors["model." + name[len("ema."):]], value.float()), name
+        assert torch.equal(tensors[name], value.float()), name
+    assert meta["graph"] == source_meta["graph"]  # label scales included
+    assert meta["init_from"] == {"model": str(exported), "step": 4}
+    assert meta["data"]["source"] == source_meta["data"]["source"]
+    # without --config it takes the model's settings; resuming keeps the record
+    ft2 = tmp_path / "ft2"
+    assert main(["train", "--init-from", str(run), "--out", str(ft2), "--steps", "2", "--no-progress", "--check-images", "0"]) == 0
+    assert load_checkpoint(ft2)[1]["config"]["model"] == load_checkpoint(run)[1]["config"]["model"]
+    assert main(["train", "--resume", str(ft2), "--steps", "3", "--no-progress", "--check-images", "0"]) == 0
+    assert load_checkpoint(ft2)[1]["init_from"]["model"] == str(run)
+
+
+def test_init_from_refuses_another_network_a_resume_and_a_missing_model(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_new(world, run, "--steps", "2", "--check-images", "0")) == 0
+    capsys.readouterr()
+    cfg = yaml.safe_load((world / "tiny.yaml").read_text())
+    cfg["model"]["unet"]["base_channels"] = 8
+    wider = tmp_path / "other.yaml"
+    wider.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ft"
+    assert main(["train", "--init-from", str(run), "--config", str(wider), "--out", str(out), "--steps", "2", "--no-progress"]) == 2
+    _one_line_error(capsys, str(run), "network differs", "other shape")
+    assert not (out / "checkpoint.safetensors").exists()
+    assert main(["train", "--init-from", str(run), "--resume", str(run), "--steps", "3"]) == 2
+    _one_line_error(capsys, "--init-from", "new run")
+    assert main(["train", "--init-from", str(tmp_path / "nope"), "--out", str(out), "--steps", "2"]) == 2
+    _one_line_error(capsys, "nope")
+    unlinked = tmp_path / "unlinked.dot"  # the same nodes without the edge size -> brightness
+    unlinked.write_text((world / "discs.dot").read_text().replace("size -> brightness;", ""))
+    assert main(["train", "--init-from", str(run), "--graph", str(unlinked), "--data", str(world / "discs"), "--out", str(out),
+                 "--steps", "2", "--no-progress"]) == 2
+    _one_line_error(capsys, str(run), "another graph")
+
+
 # ------------------------------------------------------------------------------ what it says
 def test_plan_progress_lines_and_final_check(world, tmp_path, capsys):
     run = tmp_path / "run"
@@ -229,7 +289,7 @@ def test_train_help_documents_every_option(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--graph", "--data", "--config", "--label-fraction", "--steps", "--time", "--batch-size", "--size",
-                 "--variant", "--seed", "--out", "--resume", "--overwrite", "--check-images", "--device", "--no-progress"):
+                 "--variant", "--seed", "--out", "--resume", "--overwrite", "--init-from", "--check-images", "--device", "--no-progress"):
         assert flag in text
     assert "default" in text and "2-core machine" in text  # how long things take
 
