@@ -77,6 +77,17 @@ def _get(config: RunConfig, dotted: str) -> Any:
     return obj
 
 
+def _recorded_graph_and_data(meta: Mapping[str, Any], where: Any, graph_spec: Any, data_spec: Any) -> tuple[Any, Any]:
+    """``graph_spec`` / ``data_spec``, each taken from a checkpoint's metadata where it is None."""
+    if graph_spec is None:
+        graph_spec = CausalGraph.from_dict(meta["graph"])
+    if data_spec is None:
+        data_spec = meta.get("data", {}).get("source")
+        if data_spec is None:
+            raise ConfigError(f"{where} does not record its data; give --data")
+    return graph_spec, data_spec
+
+
 def prepare_training(
     graph_spec: str | os.PathLike | CausalGraph | None,
     data_spec: Any,
@@ -110,21 +121,11 @@ def prepare_training(
                                   f"a run keeps it from start to end: drop {flag}, or start a new run with --out")
         if "train.steps" in overrides:
             config.train.steps = overrides["train.steps"]
-        if graph_spec is None:
-            graph_spec = CausalGraph.from_dict(meta["graph"])
-        if data_spec is None:
-            data_spec = meta.get("data", {}).get("source")
-            if data_spec is None:
-                raise ConfigError(f"{resume} does not record its data; give --data")
+        graph_spec, data_spec = _recorded_graph_and_data(meta, resume, graph_spec, data_spec)
     else:
         start_meta = load_checkpoint(init_from)[1] if init_from is not None else None
         if start_meta is not None:
-            if graph_spec is None:
-                graph_spec = CausalGraph.from_dict(start_meta["graph"])
-            if data_spec is None:
-                data_spec = start_meta.get("data", {}).get("source")
-                if data_spec is None:
-                    raise ConfigError(f"{init_from} does not record its data; give --data")
+            graph_spec, data_spec = _recorded_graph_and_data(start_meta, init_from, graph_spec, data_spec)
         if graph_spec is None or data_spec is None:
             raise ConfigError("a new run needs --graph and --data")
         config = (RunConfig.load(config_path) if config_path else
