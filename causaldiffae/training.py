@@ -317,6 +317,12 @@ def _optim_state(tensors: Mapping[str, torch.Tensor], param_groups: list[dict]) 
     return {"state": state, "param_groups": param_groups}
 
 
+def sampling_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's EMA weights (the ones sampling uses), or its raw weights when it has no EMA."""
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    return _prefixed(tensors, prefix)
+
+
 def start_weights(tensors: Mapping[str, torch.Tensor], model: torch.nn.Module, where: Any) -> dict[str, torch.Tensor]:
     """The weights a fine-tuning run starts from: a checkpoint's EMA weights (its raw weights when
     it has no EMA), checked against ``model``'s parameter names and shapes and cast to its dtypes.
@@ -325,8 +331,7 @@ def start_weights(tensors: Mapping[str, torch.Tensor], model: torch.nn.Module, w
         ConfigError: naming ``where`` and the first differing parameters, when the checkpoint's
             network is not the one ``model`` was built as (another UNet width, latent size, ...).
     """
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    weights = _prefixed(tensors, prefix)
+    weights = sampling_weights(tensors)
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     extra = sorted(set(weights) - set(own))
@@ -348,9 +353,8 @@ def export_model(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, d
     if dtype not in ("float16", "float32"):
         raise CheckpointError(f"export dtype must be float16 or float32, got {dtype!r}")
     tensors, meta = load_checkpoint(run_or_checkpoint)
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     cast = getattr(torch, dtype)
-    weights = {f"ema.{k}": (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in _prefixed(tensors, prefix).items()}
+    weights = {f"ema.{k}": (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in sampling_weights(tensors).items()}
     meta["exported"] = {"from": str(run_or_checkpoint), "dtype": dtype, "step": meta.get("step")}
     return save_checkpoint(out, weights, meta)
 
@@ -584,7 +588,7 @@ def train(
         saved = CausalGraph.from_dict(init_meta["graph"])
         assert_same_graph(saved, graph, init_from)
         graph = saved  # the label scales the weights were trained with
-        init = {"init_from": {"model": str(init_from), "step": init_meta.get("exported", {}).get("step", init_meta.get("step"))}}
+        init = {"init_from": {"model": str(init_from), "step": init_meta.get("step")}}  # an export keeps its run's step
     if resume:
         tensors, meta = load_checkpoint(ckpt_path)
         if "exported" in meta:
