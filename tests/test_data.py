@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -86,6 +87,44 @@ def test_generated_folder_loads_back_exactly_and_is_cached(tmp_path):
     assert (out / "labels.csv").stat().st_mtime_ns == stamp, "an identical request regenerated the folder"
     test = open_dataset(out, PENDULUM_COLUMNS, split="test")
     assert len(test) == 3
+
+
+def test_two_processes_generating_the_same_set_at_once_both_succeed(tmp_path, monkeypatch):
+    # "another process" (a nested call) generates and places the identical set while this one is
+    # half way: neither deletes the other's images, both return the complete folder
+    from causaldiffae.data import simulator
+
+    out, real = tmp_path / "pend", simulator.get_simulator
+    others, started = [], []
+
+    def get_simulator(name, **kw):
+        sim = real(name, **kw)
+        render = sim.render
+
+        def render_while_another_finishes(table):
+            if not started:
+                started.append(True)
+                others.append(generate_dataset("pendulum", out, size=16, n=12, seed=5, progress=False, chunk=4))
+            return render(table)
+
+        sim.render = render_while_another_finishes
+        return sim
+
+    monkeypatch.setattr(simulator, "get_simulator", get_simulator)
+    got = generate_dataset("pendulum", out, size=16, n=12, seed=5, progress=False, chunk=4)
+    assert got == out and others == [out]
+    ds = load_folder(out, PENDULUM_COLUMNS)
+    assert len(ds) == 12 and np.array_equal(ds.images, render_pendulum(pd.read_csv(out / "labels.csv"), 16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pend"], "a partial folder was left behind"
+    # a killed process's partial folder goes with the next generation; a running one's stays
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f".pend.partial-{gone.pid}-0000").mkdir()
+    (tmp_path / f".pend.partial-{os.getpid()}-1111").mkdir()
+    monkeypatch.setattr(simulator, "get_simulator", real)
+    generate_dataset("pendulum", out, size=16, n=10, seed=5, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".pend.partial-{os.getpid()}-1111", "pend"]
 
 
 def _write_folder(tmp_path, rows, size=8, channels=3):

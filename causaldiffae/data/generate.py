@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -60,12 +61,8 @@ def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int |
     out = Path(out)
     params = {"generator": name, "version": GENERATOR_VERSION, "size": size, "n": n, "seed": seed, **sim.params()}
     meta = out / "generator.json"
-    if meta.exists():
-        try:
-            if json.loads(meta.read_text()) == params:
-                return out
-        except json.JSONDecodeError:
-            pass
+    if _same_generated_set(meta, params):
+        return out
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; --out must be a folder")
     if out.is_dir() and not meta.exists() and any(out.iterdir()):
@@ -73,9 +70,11 @@ def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int |
         raise DataError(f"{out} exists and is not a generated data set (no generator.json); choose another --out")
     table = sim.dataset_table(n, seed)
     render = sim.render
-    # written into a hidden sibling and moved into place at the end: an interrupted run leaves no half set
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # written into a hidden sibling of this process's own and moved into place at the end: an
+    # interrupted run leaves no half set, and two processes generating the same set at once (two
+    # trainings started together) neither write into nor delete each other's images
+    _remove_abandoned_partials(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         (tmp / "images").mkdir(parents=True)
         files = [f"images/{i:05d}.png" for i in range(len(table))]
@@ -86,13 +85,38 @@ def generate_dataset(name: str, out: str | os.PathLike, size: int = 32, n: int |
         table.insert(0, "file", files)
         table.to_csv(tmp / "labels.csv", index=False)
         (tmp / "generator.json").write_text(json.dumps(params, indent=2))
-    except BaseException:
+        if _same_generated_set(meta, params):
+            return out  # another process put the identical set in place meanwhile: keep it
+        if out.exists():
+            shutil.rmtree(out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not _same_generated_set(meta, params):  # lost a race to an identical set: fine; anything else is not
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return out
+
+
+def _remove_abandoned_partials(out: Path) -> None:
+    """Delete the partial folders of ``out`` left by killed processes (their pid no longer runs)."""
+    for tmp in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, OSError):
+            pass  # not ours to judge (a name we did not write, or a process of another user)
+
+
+def _same_generated_set(meta: Path, params: Mapping[str, Any]) -> bool:
+    """Whether ``meta`` (a folder's generator.json) exists and records exactly ``params``."""
+    try:
+        return json.loads(meta.read_text()) == params
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def resolve_generated(spec: Any, size: int | None = None, generator: Mapping[str, Any] | None = None) -> Any:
