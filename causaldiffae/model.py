@@ -113,6 +113,10 @@ class ModelConfig:
         cycle_rows: how many rows of each batch (the first ones; batches are shuffled) the cycle
             term uses (>= 2; capped at the batch): each costs one extra UNet pass with its
             backward and two encoder passes.
+        cycle_hold_weight: weight, inside the cycle term, of the nodes a request leaves alone (the
+            set node's non-descendants, which must not move) against 1 for the set node and its
+            descendants (which must move as asked); >= 0, default 1. Raising it penalises drift
+            into the causes more.
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -141,6 +145,7 @@ class ModelConfig:
     consistency_rows: str = "unlabelled"
     cycle_weight: float = 0.0
     cycle_rows: int = 32
+    cycle_hold_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -161,7 +166,8 @@ class ModelConfig:
         if int(self.cycle_rows) != self.cycle_rows or self.cycle_rows < 2:
             raise ConfigError(f"cycle_rows must be a whole number >= 2, got {self.cycle_rows}")
         self.cycle_rows = int(self.cycle_rows)
-        for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight", "cycle_weight"):
+        for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight", "cycle_weight",
+                     "cycle_hold_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES),
@@ -441,13 +447,19 @@ class CausalDiffAE(nn.Module):
                 out = out + torch.where(missing, torch.zeros_like(nll), nll) * (B / (~missing).sum().clamp(min=1))
         return out
 
+    def cycle_nodes(self, pick: torch.Tensor) -> torch.Tensor:
+        """The node index each row of the cycle term sets, ``(B,)`` long: ``floor(pick * n_nodes)``
+        for ``pick`` ``(B,)`` in [0, 1)."""
+        n_nodes = len(self.graph.nodes)
+        return (pick * n_nodes).long().clamp(0, n_nodes - 1)
+
     def cycle_request(self, z: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
         """The latent the cycle term asks the decoder to draw, ``(B, D)``: in each row one node,
-        ``floor(pick * n_nodes)`` (``pick`` ``(B,)`` in [0, 1)), set to the value read in the next
-        row (the batch rolled by one), its descendants recomputed from the row's abducted noise,
-        every other block copied (:meth:`LatentSCM.intervene`). ``z`` ``(B, D)`` factual latents."""
+        :meth:`cycle_nodes` of ``pick`` ``(B,)``, set to the value read in the next row (the batch
+        rolled by one), its descendants recomputed from the row's abducted noise, every other block
+        copied (:meth:`LatentSCM.intervene`). ``z`` ``(B, D)`` factual latents."""
         g = self.graph
-        k = (pick * len(g.nodes)).long().clamp(0, len(g.nodes) - 1)
+        k = self.cycle_nodes(pick)
         values = self.predict_labels(z).roll(1, dims=0)
         u = self.scm.abduct(z)
         out = z.clone()
@@ -468,7 +480,8 @@ class CausalDiffAE(nn.Module):
         read both; per node, a continuous node's term is ``0.5 (dread - dasked)^2``, the change in
         its reading (block mean, latent units) against the change asked (0 for the blocks the
         request leaves alone: they must not drift), and a categorical node's is the cross-entropy
-        of the asked class under the counterfactual estimate's logits. Comparing changes rather
+        of the asked class under the counterfactual estimate's logits; the nodes left alone (the
+        set node's non-descendants) weigh ``cycle_hold_weight``, the others 1. Comparing changes rather
         than readings cancels the bias of reading a blurred high-noise estimate. Each row is
         weighted by ``1 - alpha_bar_t``, the share of ``x_t`` that is noise (how far the decoder
         can follow the latent there; about 0 at low noise, so reconstruction is left to the
@@ -496,14 +509,18 @@ class CausalDiffAE(nn.Module):
             read_cf = self.scm.mechanisms(self.encoder(x0_cf)[0])
             with torch.no_grad():
                 read_f = self.scm.mechanisms(self.encoder(x0_f)[0])
+        k = self.cycle_nodes(pick)
         term = x0.new_zeros(n)
         for i, name in enumerate(g.nodes):
             b = g.block(name)
             if g.is_categorical(name):
-                term = term + torch.nn.functional.cross_entropy(read_cf[:, b].float(), asked[:, i].long(), reduction="none")
+                node_term = torch.nn.functional.cross_entropy(read_cf[:, b].float(), asked[:, i].long(), reduction="none")
             else:
                 moved = read_cf[:, b].float().mean(-1) - read_f[:, b].float().mean(-1)
-                term = term + 0.5 * (moved - (asked[:, i] - have[:, i])).pow(2)
+                node_term = 0.5 * (moved - (asked[:, i] - have[:, i])).pow(2)
+            # rows whose set node is this node or one of its ancestors ask it to move; the rest hold it
+            asks = torch.tensor([j == i or name in g.descendants(g.nodes[j]) for j in range(len(g.nodes))], device=k.device)
+            term = term + node_term * torch.where(asks[k], 1.0, self.config.cycle_hold_weight)
         noise_share = 1 - self.schedule.alpha_bar(t, x0).reshape(-1)
         out[:n] = term * noise_share * (B / n)
         return out

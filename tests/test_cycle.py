@@ -75,7 +75,7 @@ def test_term_uses_the_first_cycle_rows_and_leaves_the_loss_alone_at_weight_zero
     torch.testing.assert_close(terms[1.0]["loss"] - terms[1.0]["cycle"], terms[0.0]["loss"])
 
 
-@pytest.mark.parametrize("bad", [{"cycle_weight": -1.0}, {"cycle_rows": 1}, {"cycle_rows": 2.5}])
+@pytest.mark.parametrize("bad", [{"cycle_weight": -1.0}, {"cycle_rows": 1}, {"cycle_rows": 2.5}, {"cycle_hold_weight": -0.5}])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         ModelConfig(**bad)
@@ -87,3 +87,22 @@ def test_predict_x0_inverts_q_sample_for_both_parameterisations():
         s = NoiseSchedule(prediction=prediction)
         x_t = s.q_sample(x0, t, noise)
         torch.testing.assert_close(s.predict_x0(s.target(x0, t, noise), x_t, t), x0, rtol=0, atol=2e-4)
+
+
+def test_hold_weight_scales_only_the_nodes_a_request_leaves_alone():
+    # digit -> thickness: a row that sets digit asks thickness to follow (nothing is held, so the
+    # hold weight cannot change it); a row that sets thickness holds digit, whose part scales with it
+    images = torch.rand(6, 3, SIZE, SIZE) * 2 - 1
+    t, noise = torch.full((6,), 70), torch.randn(6, 3, SIZE, SIZE)
+    pick = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3, 0.7])  # digit, thickness, digit, ...
+    per_row = {}
+    for hold in (0.0, 1.0, 3.0):
+        m = model(cycle_weight=1.0, cycle_rows=6, cycle_hold_weight=hold)
+        with torch.no_grad():
+            z = m.scm.mechanisms(m.encoder(images)[0])
+            per_row[hold] = m.cycle_loss(images, z, t, noise, pick)
+    sets_root, sets_child = pick < 0.5, pick >= 0.5
+    torch.testing.assert_close(per_row[3.0][sets_root], per_row[0.0][sets_root])
+    held = per_row[1.0] - per_row[0.0]  # the held digit's part at weight 1
+    assert bool((held[sets_child] > 0).all())
+    torch.testing.assert_close(per_row[3.0][sets_child], per_row[0.0][sets_child] + 3 * held[sets_child])
