@@ -75,7 +75,10 @@ def run_demo(name: str, out: str | Path = "demo", n: int = 6, steps: int = 20, s
     out.mkdir(parents=True, exist_ok=True)
     grid = cf.image_grid([torch.stack(r) for r in rows], out / "grid.png", col_names=titles)
     elapsed = time.perf_counter() - t0
-    print(f"causaldiffae demo: shipped {name!r} model (trained {meta.get('step')} steps), {n} held-out (test split) scenes, "
+    start = meta.get("init_from") or {}
+    trained = (f"fine-tuned {meta.get('step')} steps from a {start['step']}-step model" if start.get("step") is not None
+               else f"trained {meta.get('step')} steps")
+    print(f"causaldiffae demo: shipped {name!r} model ({trained}), {n} held-out (test split) scenes, "
           f"{steps} DDIM steps, strength {strength}")
     print(f"grid: {grid}  (per row: factual, then for each do(): counterfactual | true counterfactual)")
     print(f"{'intervention':28s} {'MAE intervened':>15s} {'descendants':>12s} {'others':>8s} {'SSIM vs truth':>14s}")
