@@ -509,7 +509,10 @@ class CausalDiffAE(nn.Module):
             read_cf = self.scm.mechanisms(self.encoder(x0_cf)[0])
             with torch.no_grad():
                 read_f = self.scm.mechanisms(self.encoder(x0_f)[0])
-        k = self.cycle_nodes(pick)
+        # (n, N): whether row r's request moves node i (the set node and its descendants); the rest are held
+        names = list(g.nodes)
+        moves = torch.tensor([[a == b or b in g.descendants(a) for b in names] for a in names], device=x0.device)
+        weight = torch.where(moves[self.cycle_nodes(pick)], 1.0, self.config.cycle_hold_weight)
         term = x0.new_zeros(n)
         for i, name in enumerate(g.nodes):
             b = g.block(name)
@@ -518,9 +521,7 @@ class CausalDiffAE(nn.Module):
             else:
                 moved = read_cf[:, b].float().mean(-1) - read_f[:, b].float().mean(-1)
                 node_term = 0.5 * (moved - (asked[:, i] - have[:, i])).pow(2)
-            # rows whose set node is this node or one of its ancestors ask it to move; the rest hold it
-            asks = torch.tensor([j == i or name in g.descendants(g.nodes[j]) for j in range(len(g.nodes))], device=k.device)
-            term = term + node_term * torch.where(asks[k], 1.0, self.config.cycle_hold_weight)
+            term = term + node_term * weight[:, i]
         noise_share = 1 - self.schedule.alpha_bar(t, x0).reshape(-1)
         out[:n] = term * noise_share * (B / n)
         return out
