@@ -785,8 +785,8 @@ def _demo_parser(sub) -> None:
     p.add_argument("-o", "--out", default="demo", help="output folder for grid.png")
     p.add_argument("--n", type=COUNT, default=6, help="scenes")
     p.add_argument("--steps", type=STEPS, default=20, help="DDIM steps (inversion and decoding)")
-    p.add_argument("--strength", type=STRENGTH, default=2.0,
-                   help="guidance weight w (2: closest to the true counterfactuals in docs/results.md)")
+    p.add_argument("--strength", type=STRENGTH, default=1.0,
+                   help="guidance weight w (1, the library's default: closest to the true counterfactuals on the shipped models, docs/results.md)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the scenes and the intervention values")
     p.set_defaults(func=_demo)
 

@@ -34,7 +34,7 @@ def shipped_predictors(name: str) -> Path:
     return p
 
 
-def run_demo(name: str, out: str | Path = "demo", n: int = 6, steps: int = 20, strength: float = 2.0,
+def run_demo(name: str, out: str | Path = "demo", n: int = 6, steps: int = 20, strength: float = 1.0,
              seed: int = 0) -> dict[str, Any]:
     """Run the demo for the shipped model ``name``; returns the measured figures (also printed)."""
     from causaldiffae.data import ImageLabelDataset
