@@ -509,9 +509,10 @@ class CausalDiffAE(nn.Module):
             read_cf = self.scm.mechanisms(self.encoder(x0_cf)[0])
             with torch.no_grad():
                 read_f = self.scm.mechanisms(self.encoder(x0_f)[0])
-        # (n, N): whether row r's request moves node i (the set node and its descendants); the rest are held
+        # (n, N): whether row r's request moves node i (LatentSCM.affected: the set node and its
+        # descendants); the rest are held
         names = list(g.nodes)
-        moves = torch.tensor([[a == b or b in g.descendants(a) for b in names] for a in names], device=x0.device)
+        moves = torch.tensor([[b in self.scm.affected({a: 0.0}) for b in names] for a in names], device=x0.device)
         weight = torch.where(moves[self.cycle_nodes(pick)], 1.0, self.config.cycle_hold_weight)
         term = x0.new_zeros(n)
         for i, name in enumerate(g.nodes):
