@@ -36,6 +36,20 @@ def _default_refine() -> int:
     return DEFAULT_REFINE
 
 
+def _residual_arguments(p: argparse.ArgumentParser, library_default: bool) -> None:
+    """--residual / --residual-gate (the query carries the reconstruction residual)."""
+    from causaldiffae.counterfactual import DEFAULT_RESIDUAL, DEFAULT_RESIDUAL_GATE
+
+    default = (f"the library's query default, causaldiffae.counterfactual.DEFAULT_RESIDUAL: {'on' if DEFAULT_RESIDUAL else 'off'}"
+               if library_default else "off, the protocol the published figures use")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None if library_default else False,
+                   help="carry the detail the decoder does not reproduce (x - decode(x_T, z)) into the counterfactual where it "
+                        f"matches the reconstruction; a null query then returns the input exactly; one more decoding (default: {default})")
+    p.add_argument("--residual-gate", type=_number(0.0, open_min=True), default=None, metavar="GREY",
+                   help="grey levels (0-255) of change from the reconstruction at which the residual's weight reaches 0 "
+                        f"(default: {DEFAULT_RESIDUAL_GATE:g})")
+
+
 def _default_refine_carry() -> bool:
     """Whether the query's inversion corrections reuse their network call when not told (shown in --help)."""
     from causaldiffae.counterfactual import DEFAULT_REFINE_CARRY
@@ -454,6 +468,7 @@ def _cf_parser(sub) -> None:
                    help="each inversion step reuses the previous correction's network call (one correction then "
                         "costs steps + 1 calls instead of 2 x steps); --no-refine-carry gives the exact corrections "
                         f"(default: {'on' if _default_refine_carry() else 'off'}, causaldiffae.counterfactual.DEFAULT_REFINE_CARRY)")
+    _residual_arguments(p, library_default=True)
     p.add_argument("--seed", type=SEED, default=0, help="seed of the --data pick and of noise abduction")
     p.add_argument("-o", "--out", required=True, help="output folder (replaced only if it holds an earlier counterfactual)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
@@ -614,6 +629,7 @@ def _evaluate_parser(sub) -> None:
                    help="with --refine: each inversion step reuses the previous correction's network call "
                         f"(default: the library's query default, {'on' if _default_refine_carry() else 'off'}); "
                         "--no-refine-carry gives the exact corrections")
+    _residual_arguments(p, library_default=False)
     p.add_argument("--recon-steps", type=STEPS, nargs="+", default=[10, 20, 50, 100], help="step counts of the reconstruction table")
     p.add_argument("--cycles", type=COUNT, nargs="+", default=[1, 10], help="composition: report L1 after these numbers of null interventions")
     p.add_argument("--reversibility-cycles", type=COUNT, default=5, help="do(x') then do(x) round trips for reversibility")
@@ -671,6 +687,7 @@ def _evaluate(args) -> int:
         recon_steps=args.recon_steps, composition_cycles=args.cycles, reversibility_cycles=args.reversibility_cycles,
         intended=args.intended, simulator_size=sim_size, dowhy_mechanisms=args.dowhy, metrics=metrics, seed=args.seed,
         progress=not args.no_progress, refine=args.refine, refine_carry=args.refine_carry,
+        residual=bool(args.residual), residual_gate=args.residual_gate,
     )
     results = {"run": str(args.run), "data": str(args.data), "split": args.split,
                "predictors": str(ppath) if predictors is not None else None,

@@ -309,18 +309,25 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
                                                              getattr(args, "guided_steps", None))
     refine = cf.resolve_refine(getattr(args, "refine", None))
     carry = cf.resolve_refine_carry(getattr(args, "refine_carry", None)) if refine else None
+    residual_flag = getattr(args, "residual", None)
+    if residual_flag is None and args.abduction != "ddim":
+        residual_flag = False  # the library default leaves the forward-noise baseline without a residual
+    residual, gate = cf.resolve_residual(residual_flag, getattr(args, "residual_gate", None))
     query = {"run": str(args.run), "do": cf.do_to_json(do), "strength": args.strength, "steps": steps,
              "inversion_steps": inversion_steps, "guided_steps": guided_steps,
-             "abduction": args.abduction, "refine": refine, "refine_carry": carry, "seed": args.seed, "affected": affected,
+             "abduction": args.abduction, "refine": refine, "refine_carry": carry,
+             "residual_gate": gate if residual else None, "seed": args.seed, "affected": affected,
              "sources": sources}
     caption = (f"{cf.describe_do(do)}  strength {args.strength:g}  steps {steps}"
                + (f"/{inversion_steps} inverted" if inversion_steps != steps else "")
                + (f"  guided {guided_steps}" if guided_steps is not None else "") + f"  abduction {args.abduction}"
-               + (f"  refine {refine}" + ("" if carry else " exact") if refine else "") + f"  run {args.run}")
+               + (f"  refine {refine}" + ("" if carry else " exact") if refine else "")
+               + (f"  residual (gate {gate:g})" if residual else "") + f"  run {args.run}")
     with staging as tmp:
         res = cf.counterfactual(model, images.to(args.device), do=do, strength=args.strength, steps=steps,
                                 abduction=args.abduction, seed=args.seed, progress=True, value_range=value_range,
-                                refine=refine, refine_carry=carry, inversion_steps=inversion_steps, guided_steps=guided_steps)
+                                refine=refine, refine_carry=carry, inversion_steps=inversion_steps, guided_steps=guided_steps,
+                                residual=residual, residual_gate=gate)
         cf.save_images(res.images, tmp / "images", prefix="counterfactual")
         cf.difference_grid(res, tmp / "grid.png", caption=caption)
         table = res.to_dataframe()

@@ -14,7 +14,10 @@ reported, so that load from other processes hits them alike:
   the default inference precision (``causaldiffae.model.INFERENCE_PRECISION``);
 - ``--also INV/DEC/REFINE``: more settings of the quality-cost curve (``bench_queries.py``) at the
   default precision and weight; the corrections are exact, or carried with a ``c`` suffix
-  (``10/10/1c``, see ``refine_carry``).
+  (``10/10/1c``, see ``refine_carry``); a further ``p`` suffix drops the reconstruction residual
+  (``10/10/1cp``: the default query before the residual, see ``residual``).
+
+The ``before`` queries never carry the residual (the speed issue's query had none).
 
 Then the default query runs alone in a fresh process, which reports its peak resident memory.
 """
@@ -86,25 +89,32 @@ def main() -> None:
     w0 = inspect.signature(cf.counterfactual).parameters["strength"].default
     r0 = cf.resolve_refine(inspect.signature(cf.counterfactual).parameters["refine"].default)
     c0 = cf.resolve_refine_carry(None)
-    before = dict(steps=20, strength=args.strength, refine=0)
+    before = dict(steps=20, strength=args.strength, refine=0, residual=False)
+    res0 = cf.resolve_residual(None)
     variants = {  # name: (inference mode, precision, query keywords)
         f"before (20 + 20 steps, guided at w = {args.strength:g}, fp32, channels_last)": ("auto", "fp32", before),
         "before, fp32 eager": ("eager", "fp32", before),
-        f"default ({inv} + {dec} steps, w = {w0:g}, refine {r0}{' carried' if c0 and r0 else ''}, {INFERENCE_PRECISION})":
+        f"default ({inv} + {dec} steps, w = {w0:g}, refine {r0}{' carried' if c0 and r0 else ''}"
+        f"{', residual (gate ' + format(res0[1], 'g') + ')' if res0[0] else ''}, {INFERENCE_PRECISION})":
             ("auto", INFERENCE_PRECISION, {}),
     }
     for spec in args.also:
+        plain = spec.endswith("p")
+        spec = spec.rstrip("p")
         carry = spec.endswith("c")
         i, d, r = (int(v) for v in spec.rstrip("c").split("/"))
-        variants[f"{i} + {d} steps, w = {w0:g}, refine {r}{' carried' if carry and r else ''}, {INFERENCE_PRECISION}"] = (
-            "auto", INFERENCE_PRECISION, dict(steps=d, inversion_steps=i, refine=r, refine_carry=carry))
+        residual = res0[0] and not plain
+        variants[f"{i} + {d} steps, w = {w0:g}, refine {r}{' carried' if carry and r else ''}"
+                 f"{', residual' if residual else ''}, {INFERENCE_PRECISION}"] = (
+            "auto", INFERENCE_PRECISION, dict(steps=d, inversion_steps=i, refine=r, refine_carry=carry, residual=residual))
     copies = {}
     for name, (mode, precision, kw) in variants.items():
         m = _load(args).set_inference_mode(mode, precision)
         m.counterfactual(images[:2], do=do, **kw)  # warm-up
         copies[name] = (m, kw)
     nfe = {name: cf.forwards_per_image(kw.get("steps"), kw.get("inversion_steps"), None, kw.get("strength", w0),
-                                       kw.get("refine", r0), kw.get("refine_carry", c0)) for name, (_, _, kw) in variants.items()}
+                                       kw.get("refine", r0), kw.get("refine_carry", c0), kw.get("residual"))
+           for name, (_, _, kw) in variants.items()}
     print(f"machine: {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, "
           f"{os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"bf16 units: {resolve_precision('auto') == 'bf16'}, load avg {os.getloadavg()[0]:.1f}")

@@ -45,6 +45,8 @@ def test_counterfactual_command_writes_images_grid_csv_and_graph(tiny_run, image
     assert query["do"] == {"a": {"shift": 0.3}} and query["strength"] == 1.5 and query["steps"] == 5
     assert query["sources"] == image_files
     assert query["refine"] == 1 and query["refine_carry"] is True  # the library's default query
+    from causaldiffae import counterfactual as cf
+    assert query["residual_gate"] == (cf.DEFAULT_RESIDUAL_GATE if cf.DEFAULT_RESIDUAL else None)
 
 
 def test_no_refine_carry_answers_with_the_exact_corrections(tiny_run, image_files, tmp_path):
@@ -67,6 +69,23 @@ def test_no_refine_carry_answers_with_the_exact_corrections(tiny_run, image_file
     images = load_image_files(image_files, channels=model.image_shape[0], size=model.image_shape[1])
     ref = cf.to_uint8(cf.counterfactual(model, images, do={"a": 0.5}, steps=4, refine=1, refine_carry=False).images)
     assert np.abs(ref.astype(int) - read["exact"].reshape(ref.shape).astype(int)).max() <= 1
+
+
+def test_residual_flag_returns_the_input_for_a_null_query(tiny_run, image_files, tmp_path):
+    """--residual with no do(): the written images are the input files (to one grey level), the gate
+    is recorded in query.json, and with --no-residual the decoder's reconstruction error shows."""
+    outs = {}
+    for name, flag in (("residual", ["--residual", "--residual-gate", "12"]), ("plain", ["--no-residual"])):
+        outs[name] = tmp_path / name
+        assert main(["counterfactual", "--run", str(tiny_run), "--images", *image_files, "--steps", "4",
+                     *flag, "-o", str(outs[name])]) == 0
+    assert json.loads((outs["residual"] / "query.json").read_text())["residual_gate"] == 12
+    assert json.loads((outs["plain"] / "query.json").read_text())["residual_gate"] is None
+    inputs = np.stack([np.asarray(Image.open(f)) for f in image_files]).astype(int)
+    read = {k: np.stack([np.asarray(Image.open(f)) for f in sorted((v / "images").glob("*.png"))]).astype(int)
+            for k, v in outs.items()}
+    assert np.abs(read["residual"].reshape(inputs.shape) - inputs).max() <= 1
+    assert np.abs(read["plain"].reshape(inputs.shape) - inputs).max() > 1
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,14 @@ def images():
 
 def test_null_intervention_reproduces_the_input(model, images):
     # DDIM inversion is exact in the limit of small steps: more steps, better reconstruction
-    coarse = float(((model.counterfactual(images, do={}, steps=20).images - images) ** 2).mean())
-    res = model.counterfactual(images, do={}, steps=100)  # every step of the tiny T = 100 chain
+    # (residual=False: the decoder's own reconstruction, not the residual that makes it exact)
+    coarse = float(((model.counterfactual(images, do={}, steps=20, residual=False).images - images) ** 2).mean())
+    res = model.counterfactual(images, do={}, steps=100, residual=False)  # every step of the tiny T = 100 chain
     mse = float(((res.images - images) ** 2).mean())
     assert mse < 3e-3, f"do() with nothing reconstructs only to MSE {mse:.2e}"
     assert mse < coarse
     # the reference procedure (forward-noised x_T) loses the image's identity
-    noisy = model.counterfactual(images, do={}, steps=100, abduction="noise")
+    noisy = model.counterfactual(images, do={}, steps=100, abduction="noise", residual=False)
     assert float(((noisy.images - images) ** 2).mean()) > 5 * mse
 
 
@@ -126,3 +127,56 @@ def test_bad_queries_get_clear_errors(model, images):
         cf.check_do(model, {"a": cf.Shift(0.3)}, 2, {"a": (-0.9, 0.9)}, factual=factual)  # stays inside: silent
     with pytest.warns(CausalDiffAEWarning, match=r"do\(a-=2\)"):  # and in a query, from the abducted labels
         model.counterfactual(images[:2], do={"a": cf.Shift(-2)}, steps=2, value_range={"a": (-0.9, 0.9)})
+
+
+# --------------------------------------------------------------------------- the reconstruction residual
+def test_residual_makes_a_null_query_and_its_chains_exact(model, images):
+    """With the residual a null query returns the input (to float rounding) and ten chained null
+    queries do not drift, where plain DDIM inversion does."""
+    from causaldiffae.metrics.soundness import composition
+
+    plain = model.counterfactual(images, do={}, steps=8, refine=0, residual=False).images
+    exact = model.counterfactual(images, do={}, steps=8, refine=0, residual=True).images
+    assert float((plain - images).abs().max()) > 1e-2  # the decoder alone does not reproduce the image
+    torch.testing.assert_close(exact, images, atol=1e-5, rtol=0)
+    chained = composition(model, images, cycles=(1, 10), steps=8, residual=True)["l1"]
+    unchained = composition(model, images, cycles=(1, 10), steps=8)["l1"]
+    assert chained["10"] < 0.01 < unchained["1"] < unchained["10"]
+
+
+def test_residual_is_gated_by_the_change_from_the_reconstruction():
+    """carry_residual adds the whole residual where the decoding equals the reconstruction, none
+    where it departs by the gate or more, and a linear share in between."""
+    x = torch.zeros(1, 1, 1, 4)
+    r = torch.full_like(x, 0.1)
+    ab = cf.Abduction(images=x, u=torch.zeros(1, 1), z=torch.zeros(1, 1), x_T=x, steps=1, residual=r, residual_steps=1)
+    rec = x - r
+    gate = 20.0  # grey levels; 20 / 127.5 in image units
+    g = gate / 127.5
+    decoded = rec + torch.tensor([0.0, g / 2, g, 2 * g]).view(1, 1, 1, 4)
+    out = cf.carry_residual(decoded, ab, gate=gate)
+    torch.testing.assert_close(out - decoded, torch.tensor([0.1, 0.05, 0.0, 0.0]).view(1, 1, 1, 4), atol=1e-6, rtol=0)
+    with pytest.raises(InterventionError, match="residual gate must be a positive"):
+        cf.carry_residual(decoded, ab, gate=0)
+
+
+def test_residual_leaves_what_an_intervention_changes_to_the_decoder(model, images):
+    """Under a real do() the pixels that depart from the reconstruction by the gate or more are the
+    plain decoding's; the counterfactual still differs from the input."""
+    do = {"a": 0.8}
+    plain = model.counterfactual(images, do=do, steps=8, refine=0, residual=False).images
+    rec = model.counterfactual(images, do={}, steps=8, refine=0, residual=False).images
+    carried = model.counterfactual(images, do=do, steps=8, refine=0, residual=True, residual_gate=8).images
+    far = (plain - rec).abs() >= 8 / 127.5
+    assert far.float().mean() > 0.01, "the intervention should change some pixels by more than the gate"
+    torch.testing.assert_close(carried[far], plain[far], atol=1e-6, rtol=0)
+    assert float((carried - images).abs().mean()) > 0.5 * float((plain - images).abs().mean())
+
+
+def test_residual_of_other_decoding_steps_is_refused(model, images):
+    ab = cf.abduct_residual(model, model.abduct(images[:2], steps=4), steps=4)
+    with pytest.raises(InterventionError, match="decoded with 4 steps, this prediction uses 6"):
+        cf.predict(model, ab, ab.z, steps=6)
+    with pytest.raises(InterventionError, match="needs DDIM abduction"):
+        model.counterfactual(images[:2], do={}, steps=4, abduction="noise", residual=True)
+    assert cf.forwards_per_image(steps=10, refine=0, residual=True) == cf.forwards_per_image(steps=10, refine=0, residual=False) + 10

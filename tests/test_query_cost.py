@@ -36,16 +36,18 @@ def _count_forwards(model, fn) -> float:
     return sum(seen)
 
 
-@pytest.mark.parametrize("inv,dec,guided,w,refine,carry", [(6, 6, None, 2.0, 0, None), (4, 8, 3, 2.0, 0, None),
-                                                            (8, 4, 0, 2.0, 1, False), (8, 4, 0, 2.0, 1, True),
-                                                            (3, 3, None, 1.0, 2, True), (5, 5, None, 1.0, 0, None)])
-def test_forwards_per_image_counts_the_network_calls(model, images, inv, dec, guided, w, refine, carry):
+@pytest.mark.parametrize("inv,dec,guided,w,refine,carry,residual", [
+    (6, 6, None, 2.0, 0, None, False), (4, 8, 3, 2.0, 0, None, True), (8, 4, 0, 2.0, 1, False, False),
+    (8, 4, 0, 2.0, 1, True, True), (3, 3, None, 1.0, 2, True, False), (5, 5, None, 1.0, 0, None, None)])
+def test_forwards_per_image_counts_the_network_calls(model, images, inv, dec, guided, w, refine, carry, residual):
     n = _count_forwards(model, lambda: cf.counterfactual(model, images, do={"a": 0.5}, strength=w, steps=dec,
                                                           inversion_steps=inv, guided_steps=guided, refine=refine,
-                                                          refine_carry=carry))
-    assert n == images.shape[0] * cf.forwards_per_image(dec, inv, guided, w, refine, carry)
+                                                          refine_carry=carry, residual=residual))
+    assert n == images.shape[0] * cf.forwards_per_image(dec, inv, guided, w, refine, carry, residual)
+    extra = dec if cf.resolve_residual(residual)[0] else 0  # the residual: one factual decoding, unguided
     if refine and carry:  # one call at the clean image, then the corrections' calls only
-        assert cf.forwards_per_image(dec, inv, guided, w, refine, carry) == 1 + inv * refine + dec + (w != 1) * (dec if guided is None else guided)
+        assert cf.forwards_per_image(dec, inv, guided, w, refine, carry, residual) == (
+            1 + inv * refine + dec + (w != 1) * (dec if guided is None else guided) + extra)
 
 
 def test_guiding_every_step_is_the_reference_and_guiding_none_is_the_conditional_model(model, images):
@@ -63,7 +65,7 @@ def test_guiding_every_step_is_the_reference_and_guiding_none_is_the_conditional
 def test_separate_inversion_steps_change_only_the_abduction(model, images):
     ab = cf.abduct(model, images, steps=4)
     ref = cf.predict(model, ab, ab.z, steps=6)
-    res = cf.counterfactual(model, images, do={}, steps=6, inversion_steps=4)
+    res = cf.counterfactual(model, images, do={}, steps=6, inversion_steps=4, residual=False)
     assert torch.allclose(res.images, ref, atol=1e-6)
 
 
@@ -73,6 +75,7 @@ def test_defaults_come_from_one_place(model, images, monkeypatch):
     monkeypatch.setattr(cf, "DEFAULT_GUIDED_STEPS", 1)
     monkeypatch.setattr(cf, "DEFAULT_REFINE", 2)
     monkeypatch.setattr(cf, "DEFAULT_REFINE_CARRY", False)
+    monkeypatch.setattr(cf, "DEFAULT_RESIDUAL", False)
     assert cf.query_settings() == (3, 2, 1)
     assert cf.query_settings(steps=5) == (5, 5, None)  # explicit steps: the old meaning, guidance everywhere
     n = _count_forwards(model, lambda: model.counterfactual(images, do={"a": 0.1}, strength=2.0))
@@ -82,6 +85,10 @@ def test_defaults_come_from_one_place(model, images, monkeypatch):
     n = _count_forwards(model, lambda: model.counterfactual(images, do={"a": 0.1}, strength=2.0))
     assert n == images.shape[0] * (1 + 2 * 2 + 3 + 1)  # carried: 1 + inversion x refine + decoding + guided
     assert cf.forwards_per_image(strength=2.0) == 1 + 2 * 2 + 3 + 1
+    monkeypatch.setattr(cf, "DEFAULT_RESIDUAL", True)
+    n = _count_forwards(model, lambda: model.counterfactual(images, do={"a": 0.1}, strength=2.0))
+    assert n == images.shape[0] * (1 + 2 * 2 + 3 + 1 + 3)  # and the residual's factual decoding
+    assert cf.forwards_per_image(strength=2.0) == 1 + 2 * 2 + 3 + 1 + 3
 
 
 def test_the_default_query_is_exact_abduction_and_matches_the_explicit_one(model, images):
@@ -122,7 +129,7 @@ def test_bf16_sampling_matches_fp32_within_bf16_rounding(tiny_run, images):
     rel = float((e_fast - e_ref).norm() / e_ref.norm())
     assert 0 < rel < 0.03, rel  # bf16 rounds (so not 0); a few % bounds dozens of 2^-8 roundings
     # a whole null query: both reproduce the input about equally well
-    a = cf.counterfactual(ref_model, images, do={}, steps=10).images
-    b = cf.counterfactual(fast_model, images, do={}, steps=10).images
+    a = cf.counterfactual(ref_model, images, do={}, steps=10, residual=False).images
+    b = cf.counterfactual(fast_model, images, do={}, steps=10, residual=False).images
     mse_a, mse_b = float((a - images).pow(2).mean()), float((b - images).pow(2).mean())
     assert mse_b < 1.5 * mse_a + 1e-4, (mse_a, mse_b)

@@ -97,7 +97,7 @@ def effectiveness(
     result = counterfactuals if isinstance(counterfactuals, cf.CounterfactualResult) else None
     if counterfactuals is None:
         result = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch,
-                                          refine=refine, refine_carry=refine_carry)
+                                          refine=refine, refine_carry=refine_carry, residual=False)  # the protocol
     x_cf = result.images if result is not None else torch.as_tensor(counterfactuals)
     if x_cf.shape[0] != B:
         raise DataError(f"{x_cf.shape[0]} counterfactual images for {B} factual images")

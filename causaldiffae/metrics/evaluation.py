@@ -57,6 +57,8 @@ def evaluate(
     progress: bool = True,
     refine: int = 0,
     refine_carry: bool | None = None,
+    residual: bool = False,
+    residual_gate: float | None = None,
     min_gap: float = MIN_GAP,
     change_tolerance: float = CHANGE_TOLERANCE,
     counterfactual_fn: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
@@ -84,6 +86,10 @@ def evaluate(
             :func:`causaldiffae.counterfactual.abduct`).
         refine_carry: whether those corrections reuse their network call in the next step (None:
             the library's query default, ``DEFAULT_REFINE_CARRY``).
+        residual: every query carries the reconstruction residual (see
+            :func:`causaldiffae.counterfactual.abduct_residual`); off by default, as in the protocol
+            the published figures were scored with. Composition then holds by construction.
+        residual_gate: its gate in grey levels (None: ``DEFAULT_RESIDUAL_GATE``).
         min_gap: achieved fractions need ``do_nothing - floor`` of at least this (normalised units;
             :data:`~causaldiffae.metrics.baselines.MIN_GAP`).
         change_tolerance: grey levels that make a pixel "changed" (:data:`~causaldiffae.metrics.ground_truth.CHANGE_TOLERANCE`).
@@ -165,7 +171,8 @@ def evaluate(
     t0 = time.time()
     out: dict[str, Any] = {
         "n": int(images.shape[0]), "steps": steps, "strength": strength, "refine": refine,
-        "refine_carry": cf.resolve_refine_carry(refine_carry) if refine else None, "nodes": graph.nodes, "seed": seed,
+        "refine_carry": cf.resolve_refine_carry(refine_carry) if refine else None,
+        "residual": cf.resolve_residual(residual, residual_gate)[1] if residual else None, "nodes": graph.nodes, "seed": seed,
         "interventions": [do_label(d) for d in interventions], "min_gap": min_gap,
     }
     if counterfactual_fn is not None:
@@ -184,7 +191,7 @@ def evaluate(
         if "composition" in want:
             stage("composition")
             out["composition"] = composition(model, x, cycles=composition_cycles, steps=steps, max_batch=max_batch, refine=refine,
-                                         refine_carry=refine_carry)
+                                             refine_carry=refine_carry, residual=residual, residual_gate=residual_gate)
             bar.update()
 
         source = intended
@@ -231,7 +238,7 @@ def evaluate(
                 if needs_cf:
                     if counterfactual_fn is None:
                         res = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine,
-                                                refine_carry=refine_carry)
+                                                refine_carry=refine_carry, residual=residual, residual_gate=residual_gate)
                     else:
                         res = torch.as_tensor(counterfactual_fn(x, do)).detach().float().cpu()
                 if "effectiveness" in want:
@@ -264,7 +271,7 @@ def evaluate(
                 stage(f"reversibility {name}")
                 rev[name] = reversibility(model, x, do, cycles=reversibility_cycles, steps=steps, strength=strength,
                                           original=labels, max_batch=max_batch, refine=refine,
-                                          refine_carry=refine_carry)
+                                          refine_carry=refine_carry, residual=residual, residual_gate=residual_gate)
                 bar.update()
         if eff:
             out["effectiveness"] = {

@@ -90,7 +90,7 @@ def ground_truth_error(
         truth, _ = true_counterfactual_images(model, table, do, simulator, size=size)
     if counterfactuals is None:
         counterfactuals = cf.counterfactual(model, images, do=do, strength=strength, steps=steps, max_batch=max_batch,
-                                          refine=refine, refine_carry=refine_carry)
+                                          refine=refine, refine_carry=refine_carry, residual=False)  # the protocol
     x_cf = counterfactuals.images if isinstance(counterfactuals, cf.CounterfactualResult) else counterfactuals
     x_cf = x_cf.cpu()
     _check_pair(x_cf, truth)

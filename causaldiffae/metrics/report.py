@@ -214,6 +214,8 @@ def to_markdown(results: Mapping[str, Any], title: str = "Evaluation") -> str:
     r = results
     refine = (f", {r['refine']} inversion correction(s) per step"
               + {True: " (carried)", False: " (exact)"}.get(r.get("refine_carry"), "") if r.get("refine") else "")
+    if r.get("residual"):
+        refine += f", the reconstruction residual carried (gate {r['residual']:g} grey levels)"
     lines = [f"# {title}", "", f"{r.get('n')} images, {r.get('steps')} DDIM steps{refine}, guidance {r.get('strength')}; "
              f"interventions: {', '.join(r.get('interventions', [])) or '(none)'}.", ""]
     lines += _floors_markdown(r)

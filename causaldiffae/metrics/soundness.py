@@ -14,10 +14,15 @@ from causaldiffae.metrics.interventions import node_groups, scm_counterfactual_l
 
 def composition(model, images: torch.Tensor, cycles: Sequence[int] = (1, 10), steps: int = 20, max_batch: int = 64,
                 progress: bool = False, refine: int = 0,
-                refine_carry: bool | None = None) -> dict[str, Any]:
+                refine_carry: bool | None = None, residual: bool = False,
+                residual_gate: float | None = None) -> dict[str, Any]:
     """Composition: apply the null intervention (abduct, then decode with the unchanged latents)
     repeatedly, each time from the previous output; the mean L1 distance (0-255) to the input
     after each number of cycles in ``cycles``.
+
+    With ``residual`` the null query carries the reconstruction residual
+    (:func:`causaldiffae.counterfactual.abduct_residual`) and returns its input up to float
+    rounding, so composition holds by construction (as it does for the identity).
 
     Returns ``{"cycles": [...], "steps": S, "l1": {"1": ..., "10": ...}}``.
     """
@@ -31,8 +36,11 @@ def composition(model, images: torch.Tensor, cycles: Sequence[int] = (1, 10), st
     x = images
     out: dict[str, float] = {}
     for k in tqdm(range(1, cycles[-1] + 1), desc="composition", disable=not progress, leave=False):
-        x = cf.reconstruct(model, x, steps=steps, max_batch=max_batch, refine=refine,
-                           refine_carry=refine_carry)
+        if residual:
+            x = cf.counterfactual(model, x, do={}, steps=steps, max_batch=max_batch, refine=refine, refine_carry=refine_carry,
+                                  residual=True, residual_gate=residual_gate).images
+        else:
+            x = cf.reconstruct(model, x, steps=steps, max_batch=max_batch, refine=refine, refine_carry=refine_carry)
         if k in cycles:
             out[str(k)] = _mean(l1_255(x.cpu(), x0))
     return {"cycles": cycles, "steps": steps, "l1": out}
@@ -41,7 +49,8 @@ def composition(model, images: torch.Tensor, cycles: Sequence[int] = (1, 10), st
 def reversibility(model, images: torch.Tensor, do: Mapping[str, Any], cycles: int = 5, steps: int = 20,
                   strength: float = 1.0, original: torch.Tensor | None = None, max_batch: int = 64,
                   progress: bool = False, refine: int = 0,
-                  refine_carry: bool | None = None) -> dict[str, Any]:
+                  refine_carry: bool | None = None, residual: bool = False,
+                  residual_gate: float | None = None) -> dict[str, Any]:
     """Reversibility: intervene with ``do``, then set the same nodes back to their original values;
     repeat ``cycles`` times, each cycle starting from the previous cycle's output; the mean L1
     distance (0-255) to the input after each cycle.
@@ -67,9 +76,9 @@ def reversibility(model, images: torch.Tensor, do: Mapping[str, Any], cycles: in
     l1 = []
     for _ in tqdm(range(cycles), desc="reversibility", disable=not progress, leave=False):
         x = cf.counterfactual(model, x, do=do, strength=strength, steps=steps, max_batch=max_batch, refine=refine,
-                           refine_carry=refine_carry).images
+                           refine_carry=refine_carry, residual=residual, residual_gate=residual_gate).images
         x = cf.counterfactual(model, x, do=back, strength=strength, steps=steps, max_batch=max_batch, refine=refine,
-                           refine_carry=refine_carry).images
+                           refine_carry=refine_carry, residual=residual, residual_gate=residual_gate).images
         l1.append(_mean(l1_255(x.cpu(), x0)))
     return {"do": list(do), "cycles": int(cycles), "steps": steps, "l1": l1}
 
