@@ -309,8 +309,8 @@ def carry_residual(decoded: torch.Tensor, abduction: Abduction, gate: float | No
     per pixel and channel, ``gate`` in grey levels (0-255; None: :data:`DEFAULT_RESIDUAL_GATE`).
 
     Where the counterfactual draws what the reconstruction drew, the factual image's own detail
-    comes back in full (a null query returns the image exactly); where it draws something new (a
-    moved shadow, a thicker stroke), the factual detail belongs to what is gone and is dropped.
+    comes back in full (a null query returns the image exactly); where it draws something new (an
+    object moved or redrawn), the factual detail belongs to what is gone and is dropped.
     ``decoded`` ``(B, C, H, W)`` -> ``(B, C, H, W)`` in [-1, 1].
     """
     if abduction.residual is None:
