@@ -70,11 +70,20 @@ def resolve_refine_carry(refine_carry: bool | None) -> bool:
     return DEFAULT_REFINE_CARRY if refine_carry is None else bool(refine_carry)
 
 
-def resolve_residual(residual: bool | None, gate: float | None = None) -> tuple[bool, float]:
-    """``(residual, gate)`` with None taking :data:`DEFAULT_RESIDUAL` / :data:`DEFAULT_RESIDUAL_GATE`."""
+def resolve_residual(residual: bool | None, gate: float | None = None, abduction: str = "ddim") -> tuple[bool, float]:
+    """``(residual, gate)`` with None taking :data:`DEFAULT_RESIDUAL` / :data:`DEFAULT_RESIDUAL_GATE`.
+
+    Only DDIM abduction has a residual: with another ``abduction`` None resolves to off and an
+    explicit ``True`` is refused.
+    """
     gate = DEFAULT_RESIDUAL_GATE if gate is None else float(gate)
     if not gate > 0:
         raise InterventionError(f"residual gate must be a positive number of grey levels (0-255), got {gate}")
+    if abduction != "ddim":
+        if residual:
+            raise InterventionError(f"the reconstruction residual needs DDIM abduction, not {abduction!r} "
+                                    "(forward noise does not reproduce the image, so there is no residual to carry)")
+        return False, gate
     return (DEFAULT_RESIDUAL if residual is None else bool(residual)), gate
 
 
@@ -456,10 +465,7 @@ def counterfactual(
     """
     do = dict(do or {})
     dec, inv, guided = query_settings(steps, inversion_steps, guided_steps)
-    if abduction != "ddim" and residual:
-        raise InterventionError(f"the reconstruction residual needs DDIM abduction, not {abduction!r} "
-                                "(forward noise does not reproduce the image, so there is no residual to carry)")
-    residual, residual_gate = resolve_residual(False if abduction != "ddim" else residual, residual_gate)
+    residual, residual_gate = resolve_residual(residual, residual_gate, abduction)
     ab = abduct(model, images, steps=inv, method=abduction, seed=seed, max_batch=max_batch, progress=progress,
                 refine=refine, refine_carry=refine_carry)
     if residual:

@@ -309,10 +309,7 @@ def run_counterfactual_command(args, do: Mapping[str, Any]) -> int:
                                                              getattr(args, "guided_steps", None))
     refine = cf.resolve_refine(getattr(args, "refine", None))
     carry = cf.resolve_refine_carry(getattr(args, "refine_carry", None)) if refine else None
-    residual_flag = getattr(args, "residual", None)
-    if residual_flag is None and args.abduction != "ddim":
-        residual_flag = False  # the library default leaves the forward-noise baseline without a residual
-    residual, gate = cf.resolve_residual(residual_flag, getattr(args, "residual_gate", None))
+    residual, gate = cf.resolve_residual(getattr(args, "residual", None), getattr(args, "residual_gate", None), args.abduction)
     query = {"run": str(args.run), "do": cf.do_to_json(do), "strength": args.strength, "steps": steps,
              "inversion_steps": inversion_steps, "guided_steps": guided_steps,
              "abduction": args.abduction, "refine": refine, "refine_carry": carry,
