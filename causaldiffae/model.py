@@ -48,7 +48,7 @@ from causaldiffae.scm import LatentSCM
 
 VARIANTS = ("causal", "diffae")
 PREDICTIONS = ("eps", "v")
-DECODER_LATENTS = ("sample", "mean", "labels")
+DECODER_LATENTS = ("sample", "mean")
 GUIDANCE_REFERENCES = ("null", "factual")
 LABEL_AVERAGES = ("labelled", "batch")
 CONSISTENCY_ROWS = ("unlabelled", "all")
@@ -82,9 +82,7 @@ class ModelConfig:
             whose loss weights the clean-image error by ``1 + SNR`` instead of ``SNR`` and so does
             not starve the high-noise steps where the scene's layout is decided).
         decoder_latent: the latent the decoder is trained on, "sample" (``SCM(u)`` with ``u`` drawn
-            from the guide), "mean" (``SCM(mu)``, the posterior mean: what queries use) or "labels"
-            (the posterior mean with each present label of a continuous node written into its block,
-            as ``do()`` writes it: on labelled rows the decoder learns exactly the values a query sets).
+            from the guide) or "mean" (``SCM(mu)``, the posterior mean: what queries use).
         guidance: default classifier-free guidance reference at query time: "null" (``eps(null) +
             w (eps(z') - eps(null))``, the default) or "factual" (``eps(z') + (w - 1)(eps(z') - eps(z))``:
             a null query is the identity at every w; at w = 2 it moved the intervened nodes further but
@@ -358,16 +356,11 @@ class CausalDiffAE(nn.Module):
         use_consistency = cfg.consistency_weight > 0 and labels is not None
         z_mean = None  # the latents a query abducts from these images, where a term needs them
         use_cycle = cfg.cycle_weight > 0
-        if cfg.decoder_latent in ("mean", "labels") or use_consistency or use_cycle:
+        if cfg.decoder_latent == "mean" or use_consistency or use_cycle:
             mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
             z_mean = self.scm.mechanisms(mu)
-        # the decoder learns from the latents queries will give it ("mean"), those with the labels
-        # written in ("labels") or sampled ones
-        decoder_cond = None
-        if cfg.decoder_latent == "mean":
-            decoder_cond = z_mean
-        elif cfg.decoder_latent == "labels":
-            decoder_cond = self.labelled_latents(z_mean, labels)
+        # the decoder learns from the latents queries will give it ("mean") or from sampled ones
+        decoder_cond = z_mean if cfg.decoder_latent == "mean" else None
         model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(
             images, labels, cond_mask, t, noise, decoder_cond)
 
@@ -415,24 +408,6 @@ class CausalDiffAE(nn.Module):
             "labelled": present,
             "gamma": torch.tensor(gamma),
         }
-
-    def labelled_latents(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """``z`` ``(B, D)`` with every present label of a continuous node written into its block, as
-        ``do()`` writes a value (``to_latent_value(label) * 1``); categorical blocks and missing
-        labels keep ``z``. ``labels`` ``(B, n_nodes)`` in label units (NaN = missing) or None."""
-        if labels is None:
-            return z
-        g, out = self.graph, z.clone()
-        for i, name in enumerate(g.nodes):
-            if g.is_categorical(name):
-                continue
-            have = ~torch.isnan(labels[:, i])
-            if bool(have.any()):
-                b = g.block(name)
-                filled = torch.where(have, labels[:, i], labels[have, i][0])  # a valid value where missing (not used)
-                value = g.to_latent_value(name, filled.to(z))[:, None].expand_as(z[:, b])
-                out[:, b] = torch.where(have[:, None], value, z[:, b])
-        return out
 
     def consistency_loss(self, images: torch.Tensor, labels: torch.Tensor, z: torch.Tensor,
                          shift: torch.Tensor | None = None) -> torch.Tensor:

@@ -106,33 +106,3 @@ def test_hold_weight_scales_only_the_nodes_a_request_leaves_alone():
     held = per_row[1.0] - per_row[0.0]  # the held digit's part at weight 1
     assert bool((held[sets_child] > 0).all())
     torch.testing.assert_close(per_row[3.0][sets_child], per_row[0.0][sets_child] + 3 * held[sets_child])
-
-
-def test_decoder_latent_labels_writes_present_continuous_labels_into_the_decoders_condition(monkeypatch):
-    """``decoder_latent="labels"``: the decoder is conditioned on the posterior mean with each present
-    label of a continuous node written into its block as ``do()`` writes it; missing labels and
-    categorical blocks keep the encoder's reading."""
-    m = model(decoder_latent="labels")
-    m.train()
-    images = torch.rand(4, 3, SIZE, SIZE) * 2 - 1
-    labels = torch.tensor([[0.0, 1.0], [1.0, float("nan")], [2.0, 3.0], [float("nan"), 0.5]])
-    seen = {}
-    real = m.schedule.training_loss
-
-    def spy(net, x0, cond, **kw):
-        seen["cond"] = cond.detach().clone()
-        return real(net, x0, cond, **kw)
-
-    monkeypatch.setattr(m.schedule, "training_loss", spy)
-    m.loss_terms(images, labels)
-    with torch.no_grad():
-        z_mean = m.scm.mechanisms(m.encoder(images)[0])
-    cond, g = seen["cond"], m.graph
-    th, dg = g.block("thickness"), g.block("digit")
-    for row in (0, 2, 3):
-        want = g.to_latent_value("thickness", labels[row, 1])
-        torch.testing.assert_close(cond[row, th], want.expand(cond[row, th].shape))
-    torch.testing.assert_close(cond[1, th], z_mean[1, th])  # missing label: the reading
-    torch.testing.assert_close(cond[:, dg], z_mean[:, dg])  # categorical: the reading
-    with pytest.raises(ConfigError):
-        ModelConfig(decoder_latent="label")
