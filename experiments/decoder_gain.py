@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from causaldiffae import pipeline
-from causaldiffae.counterfactual import (DEFAULT_REFINE, Abduction, abduct_residual, predict, query_settings,
-                                         resolve_refine_carry, sample)
+from causaldiffae.counterfactual import (DEFAULT_REFINE, Abduction, abduct_residual, counterfactual, predict,
+                                         query_settings, resolve_refine_carry, sample)
 from causaldiffae.data.simulator import get_simulator
 from causaldiffae.metrics.ground_truth import true_counterfactual_images
 from causaldiffae.metrics.interventions import _table_for, default_interventions
@@ -74,25 +74,27 @@ def decoder_gains(run: str, data: str, node: str, predictors, n: int = 128, seed
     out: dict[str, float] = {"n": n}
     gen = (meta.get("data") or {}).get("generator") or {"generator": data}
     sim = get_simulator(gen["generator"], size=gen.get("size", model.image_shape[-1]))
-    truth, _ = true_counterfactual_images(model, _table_for(g, y, None if ds.extra is None else ds.extra.iloc[:n]), do, sim.true_counterfactual,
-                                          size=gen.get("size"))
+    table = _table_for(g, y, None if ds.extra is None else ds.extra.iloc[:n])
+    truth, _ = true_counterfactual_images(model, table, do, sim.true_counterfactual, size=gen.get("size"))
     out["floor (true counterfactuals)"] = gain(want, read(truth))
 
     u, z = model.encode(x)
     enc = g.from_latent_value(node, z[:, g.block(node)].mean(dim=-1)).double().numpy()
     out["encoder slope"], out["encoder MAE"] = gain(t_true, enc), float(np.abs(enc - t_true).mean())
 
+    for refine in (0, DEFAULT_REFINE):  # the library's query, as users run it
+        out[f"counterfactual, encoder block, refine {refine}"] = gain(want, read(counterfactual(model, x, do, refine=refine).images))
+    # the same query with the node's true value in its block before inversion (abduct takes z from the encoder)
     dec, inv, _ = query_settings()
     z_true = z.clone()
     z_true[:, g.block(node)] = g.to_latent_value(node, y[:, j].to(z))[:, None]
-    for block, zz in (("encoder", z), ("true", z_true)):
-        uu = model.scm.abduct(zz)
-        for refine in (0, DEFAULT_REFINE):
-            x_T = model.schedule.ddim_invert(model.denoiser(), x, zz, steps=inv, refine=refine,
-                                             carry=resolve_refine_carry(None))
-            ab = abduct_residual(model, Abduction(images=x, u=uu, z=zz, x_T=x_T, steps=inv), steps=dec)
-            x_cf = predict(model, ab, model.scm.intervene(zz, do, u=uu), steps=dec)
-            out[f"counterfactual, {block} block, refine {refine}"] = gain(want, read(x_cf))
+    u_true = model.scm.abduct(z_true)
+    for refine in (0, DEFAULT_REFINE):
+        x_T = model.schedule.ddim_invert(model.denoiser(), x, z_true, steps=inv, refine=refine,
+                                         carry=resolve_refine_carry(None))
+        ab = abduct_residual(model, Abduction(images=x, u=u_true, z=z_true, x_T=x_T, steps=inv), steps=dec)
+        x_cf = predict(model, ab, model.scm.intervene(z_true, do, u=u_true), steps=dec)
+        out[f"counterfactual, true block, refine {refine}"] = gain(want, read(x_cf))
 
     s = sample(model, n, {node: do[node]}, seed=seed)
     out["sample (random x_T), slope on the value"] = gain(t_new, predictors.predict(s.images).numpy()[:, j])
