@@ -117,12 +117,6 @@ class ModelConfig:
             set node's non-descendants, which must not move) against 1 for the set node and its
             descendants (which must move as asked); >= 0, default 1. Raising it penalises drift
             into the causes more.
-        independence_weight: weight of the exogenous-independence term (0 = off, the default): the
-            squared batch correlations between the abducted noise blocks of different nodes
-            (:meth:`CausalDiffAE.independence_loss`). The SCM's prior makes every ``u_i``
-            independent, but the per-row KL does not make the encoder's noise independent across
-            images; without labels an unlabelled row can leave part of a parent in its child's
-            ``u``, which a ``do()`` on the parent then keeps. It uses no labels.
 
     A field missing from a *saved* config (a checkpoint written before it existed) takes its value
     in :data:`LEGACY_MODEL_FIELDS` (the behaviour the checkpoint was trained with), see
@@ -152,7 +146,6 @@ class ModelConfig:
     cycle_weight: float = 0.0
     cycle_rows: int = 32
     cycle_hold_weight: float = 1.0
-    independence_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, Mapping):
@@ -174,7 +167,7 @@ class ModelConfig:
             raise ConfigError(f"cycle_rows must be a whole number >= 2, got {self.cycle_rows}")
         self.cycle_rows = int(self.cycle_rows)
         for name in ("kl_weight", "label_weight", "mechanism_weight", "consistency_weight", "cycle_weight",
-                     "cycle_hold_weight", "independence_weight"):
+                     "cycle_hold_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("prediction", PREDICTIONS), ("decoder_latent", DECODER_LATENTS), ("guidance", GUIDANCE_REFERENCES),
@@ -363,9 +356,7 @@ class CausalDiffAE(nn.Module):
         use_consistency = cfg.consistency_weight > 0 and labels is not None
         z_mean = None  # the latents a query abducts from these images, where a term needs them
         use_cycle = cfg.cycle_weight > 0
-        use_independence = cfg.independence_weight > 0 and cfg.variant == "causal"
-        mu = None
-        if cfg.decoder_latent == "mean" or use_consistency or use_cycle or use_independence:
+        if cfg.decoder_latent == "mean" or use_consistency or use_cycle:
             mu = torch.cat([guide_tr.nodes[f"u_{n}"]["fn"].base_dist.loc for n in self.graph.nodes], dim=-1)
             z_mean = self.scm.mechanisms(mu)
         # the decoder learns from the latents queries will give it ("mean") or from sampled ones
@@ -403,47 +394,20 @@ class CausalDiffAE(nn.Module):
         cycle = images.new_zeros(B)
         if use_cycle:
             cycle = self.cycle_loss(images, z_mean, t, noise, pick)
-        independence = self.independence_loss(mu) if use_independence else images.new_zeros(())
         loss = diffusion + gamma * (cfg.kl_weight * kl + cfg.label_weight * label + cfg.mechanism_weight * mechanism
                                     + cfg.consistency_weight * consistency + cfg.cycle_weight * cycle)
         present = torch.zeros((), device=images.device) if labels is None else (~torch.isnan(labels)).float().mean()
         return {
-            "loss": loss.mean() + gamma * cfg.independence_weight * independence,
+            "loss": loss.mean(),
             "diffusion": diffusion.mean(),
             "kl": kl.mean(),
             "label": label.mean(),
             "mechanism": mechanism.mean(),
             "consistency": consistency.mean(),
             "cycle": cycle.mean(),
-            "independence": independence,
             "labelled": present,
             "gamma": torch.tensor(gamma),
         }
-
-    def independence_loss(self, u: torch.Tensor) -> torch.Tensor:
-        """The exogenous-independence term, a scalar: for every pair of different nodes ``i < j``,
-        the mean over their dimensions of the squared batch correlation between ``u_i`` and
-        ``u_j``, summed over the pairs (0 for a batch of fewer than 3 rows).
-
-        ``u`` ``(B, D)`` is the encoder's noise (the posterior mean, what a query abducts). Under
-        the SCM every ``u_i`` is independent of every other, so across images their correlation
-        must vanish; the per-row KL only matches each row's posterior to ``N(0, I)`` and leaves
-        this unconstrained. Correlation within a node's block is left alone (its dimensions share
-        one label). A linear measure: it removes the part of a cause that a child's noise carries
-        linearly, which is what ``do()`` on the cause would otherwise keep.
-        """
-        B = u.shape[0]
-        if B < 3:
-            return u.new_zeros(())
-        c = u - u.mean(dim=0, keepdim=True)
-        c = c / c.pow(2).mean(dim=0, keepdim=True).add(1e-6).sqrt()
-        corr = c.T @ c / B  # (D, D)
-        g = self.graph
-        out = u.new_zeros(())
-        for a, i in enumerate(g.nodes):
-            for j in g.nodes[a + 1:]:
-                out = out + corr[g.block(i), g.block(j)].pow(2).mean()
-        return out
 
     def consistency_loss(self, images: torch.Tensor, labels: torch.Tensor, z: torch.Tensor,
                          shift: torch.Tensor | None = None) -> torch.Tensor:

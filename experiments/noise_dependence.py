@@ -5,13 +5,13 @@ encoder abducts for a child must not carry its parent: what it carries, ``do(par
 child (``z'_child = f(z'_parent) + u_child``). For each run this script encodes test images (the
 encoder alone: the posterior mean of ``u``, what a query abducts) and prints
 
-* ``corr²``: for each pair of nodes, the mean squared correlation between their noise blocks'
-  dimensions (the exogenous-independence term, :meth:`CausalDiffAE.independence_loss`), and
+* ``corr²``: for each pair of nodes, the mean squared correlation across images between their
+  noise blocks' dimensions (0 for independent noise), and
 * ``R²``: for each continuous node and each *other* node's noise block, the share of the node's
   true label variance a linear fit on that block explains (0 for independent noise; the node's own
   block gives its reading's R² for comparison).
 
-    python experiments/noise_dependence.py --data morphomnist --run morphomnist runs/ablation/.../causal-0.1-seed0
+    python experiments/noise_dependence.py --data morphomnist --run morphomnist runs/ablation/morpho-v2-1200-cycle_01-amd/runs/causal-0.1-seed0
 """
 
 from __future__ import annotations
