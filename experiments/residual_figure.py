@@ -26,6 +26,21 @@ from causaldiffae.metrics.interventions import _table_for, default_interventions
 from causaldiffae.model import CausalDiffAE
 
 
+def evaluation_pick(run: str, data_name: str | None, n: int):
+    """A shipped model (or run) and ``evaluate``'s seeded pick of ``n`` test images (seed 0):
+    ``(model, images (n, C, H, W), labels (n, n_nodes), factual table, simulator, simulator size)``."""
+    model, meta = CausalDiffAE.load(run)
+    size = model.image_shape[1]
+    spec = resolve_generated(data_name or run, size, model_generator_params(run, meta))
+    data = open_dataset(spec, model.graph.label_columns, size=size, split="test")
+    sim, sim_size, _ = M.find_simulator(spec, size)
+    rng = np.random.default_rng(0)  # evaluate's pick and interventions (seed 0)
+    idx = np.sort(rng.choice(len(data), size=min(n, len(data)), replace=False))
+    images, labels = data.batch(idx)
+    table = _table_for(model.graph, labels, None if data.extra is None else data.extra.iloc[idx].reset_index(drop=True))
+    return model, images, labels, table, sim, sim_size
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a shipped name (pendulum, morphomnist) or a run folder")
@@ -40,16 +55,8 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, meta = CausalDiffAE.load(args.run)
-    size = model.image_shape[1]
-    spec = resolve_generated(args.data or args.run, size, model_generator_params(args.run, meta))
-    data = open_dataset(spec, model.graph.label_columns, size=size, split="test")
-    sim, sim_size, _ = M.find_simulator(spec, size)
-    rng = np.random.default_rng(0)  # evaluate's pick and interventions (seed 0)
-    idx = np.sort(rng.choice(len(data), size=min(args.n, len(data)), replace=False))
-    images, labels = data.batch(idx)
+    model, images, labels, table, sim, sim_size = evaluation_pick(args.run, args.data, args.n)
     do = next(d for d in default_interventions(model.graph, labels, seed=0) if args.node in d)
-    table = _table_for(model.graph, labels, None if data.extra is None else data.extra.iloc[idx].reset_index(drop=True))
     truth, _ = true_counterfactual_images(model, table, do, sim, size=sim_size)
     q = dict(steps=args.steps, refine=args.refine)
     plain = cf.counterfactual(model, images, do=do, residual=False, **q).images
@@ -60,7 +67,7 @@ def main() -> None:
 
     k = args.show
     caption = (f"{args.run}: do({args.node} = another test image's value), {args.steps} DDIM steps, refine {args.refine}; "
-               f"pixel MAE to the truth over {len(idx)} images: plain {mae(plain):.2f}, residual {mae(carried):.2f}, "
+               f"pixel MAE to the truth over {len(images)} images: plain {mae(plain):.2f}, residual {mae(carried):.2f}, "
                f"factual {mae(images):.2f}")
     cf.image_grid([images[:k], plain[:k], carried[:k], truth[:k]], args.out,
                   row_names=["factual", "plain", "residual", "truth"], caption=caption)

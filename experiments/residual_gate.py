@@ -33,13 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from causaldiffae import counterfactual as cf
-from causaldiffae import metrics as M
-from causaldiffae.data import open_dataset
-from causaldiffae.data.generate import model_generator_params, resolve_generated
 from causaldiffae.metrics.ground_truth import changed_region, true_counterfactual_images
 from causaldiffae.metrics.images import _unit
-from causaldiffae.metrics.interventions import _table_for, default_interventions, do_label
-from causaldiffae.model import CausalDiffAE
+from causaldiffae.metrics.interventions import default_interventions, do_label
+from residual_figure import evaluation_pick  # the sibling script: evaluate's pick of test images
 
 
 def gated(decoded: torch.Tensor, ab: cf.Abduction, distance: torch.Tensor, gate: float) -> torch.Tensor:
@@ -79,19 +76,11 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     gate = cf.resolve_residual(True, args.gate)[1]
-    model, meta = CausalDiffAE.load(args.run)
-    size = model.image_shape[1]
-    spec = resolve_generated(args.data or args.run, size, model_generator_params(args.run, meta))
-    data = open_dataset(spec, model.graph.label_columns, size=size, split="test")
-    sim, sim_size, _ = M.find_simulator(spec, size)
-    rng = np.random.default_rng(0)  # evaluate's pick and interventions (seed 0)
-    idx = np.sort(rng.choice(len(data), size=min(args.n, len(data)), replace=False))
-    images, labels = data.batch(idx)
-    table = _table_for(model.graph, labels, None if data.extra is None else data.extra.iloc[idx].reset_index(drop=True))
+    model, images, labels, table, sim, sim_size = evaluation_pick(args.run, args.data, args.n)
     dec, inv, guided = cf.query_settings(None)
     ab = cf.abduct_residual(model, cf.abduct(model, images, steps=inv), steps=dec)
     plain = cf.Abduction(images=ab.images, u=ab.u, z=ab.z, x_T=ab.x_T, steps=ab.steps, method=ab.method)
-    print(f"{args.run}: {len(idx)} test images, default query ({dec} + {inv} steps, refine {cf.DEFAULT_REFINE}), gate {gate:g}")
+    print(f"{args.run}: {len(images)} test images, default query ({dec} + {inv} steps, refine {cf.DEFAULT_REFINE}), gate {gate:g}")
     print("| do() | gate | whole-image MAE | changed-region MAE | stale fraction |")
     print("|---|---|---|---|---|")
     for do in default_interventions(model.graph, labels, seed=0):
