@@ -565,50 +565,131 @@ def _any_trained(out: Path) -> bool:
     return any((Path(out) / "runs").glob("*/checkpoint.safetensors"))
 
 
+def _calibration_config(sweep: Sweep, steps: int, folder: Path) -> str:
+    """The sweep's run config at ``steps`` steps, logging every step and writing no samples, as a
+    file in ``folder``; its path."""
+    import yaml
+
+    d = _run_config(sweep, steps).to_dict()
+    d["train"].update(log_every=1, checkpoint_every=steps, sample_every=0)
+    d["train"]["betas"] = list(d["train"]["betas"])
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return str(path)
+
+
+def _timed_steps(sweep: Sweep, spec: RunSpec, config: str, run_dir: Path, steps: int, window: tuple[int, int],
+                 threads: int | None = None, barrier=None) -> float:
+    """Train ``spec`` for ``steps`` steps into ``run_dir`` with ``config``; its mean seconds per step
+    over steps ``window[0] + 1 .. window[1]`` (read from the run's ``log.jsonl``). ``barrier``
+    (a multiprocessing barrier): wait there after the data and graph are ready, so that runs timed
+    side by side start their steps together."""
+    import torch
+
+    from causaldiffae.pipeline import prepare_training
+    from causaldiffae.training import train
+
+    overrides = {"train.label_fraction": spec.label_fraction, "train.seed": spec.seed, "model.variant": spec.variant,
+                 "train.steps": steps}
+    graph, dataset, cfg, info = prepare_training(sweep.graph, sweep.data, config_path=config, overrides=overrides)
+    previous = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        if barrier is not None:
+            barrier.wait(timeout=900)
+        train(graph, dataset, run_dir, cfg, device=sweep.device, progress=False, data_info=info, verbose=False)
+    finally:
+        torch.set_num_threads(previous)
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    elapsed = {int(r["step"]): float(r["elapsed_s"]) for r in rows}
+    lo, hi = window
+    return max((elapsed[hi] - elapsed[lo]) / (hi - lo), 1e-9)
+
+
+def _timed_worker(args: tuple, barrier, results) -> None:
+    """One run of a side-by-side speed measurement (a spawned process): puts (index, seconds per
+    step) or (index, error text) on ``results``."""
+    index = args[0]
+    try:
+        results.put((index, _timed_steps(*args[1:], barrier=barrier)))
+    except BaseException as e:  # reported to the parent, which names the run
+        try:
+            barrier.abort()
+        except Exception:
+            pass
+        results.put((index, f"{type(e).__name__}: {e}"))
+
+
 def measure_step_seconds(sweep: Sweep, spec: RunSpec | None = None, steps: int = CALIBRATION_STEPS,
-                         threads: int | None = None) -> float:
-    """Seconds per training step of one of the sweep's runs, measured here and now.
+                         threads: int | None = None, side_by_side: int = 1) -> float:
+    """Seconds per training step of the sweep's runs, measured here and now.
 
     ``spec`` (default: the sweep's first run, a CausalDiffAE run) is trained for ``steps`` steps
     exactly as the sweep trains it (its run config, label fraction, seed and variant, on
     ``sweep.device``, with ``threads`` torch threads) in ``OUT/.calibration``, which is removed
     afterwards. The first step (allocation, warm-up) is left out: the figure is the mean of steps
     2..``steps``, read from the run's ``log.jsonl`` (``elapsed_s``).
+
+    ``side_by_side`` > 1 (the sweep's ``--jobs``): that many of the sweep's runs (``spec`` and
+    the ones after it) are timed at once in spawned processes, as the sweep will train them, since
+    runs side by side share the machine (on one GPU they take turns); each trains ``3 x steps``
+    steps after a common start, is timed over its middle third (when all of them are running) and
+    the slowest run's figure is returned.
     """
     import shutil
-    import tempfile
-
-    import torch
-    import yaml
-
-    from causaldiffae.pipeline import prepare_training
-    from causaldiffae.training import train
 
     if steps < 2:
         raise ConfigError(f"the speed measurement needs at least 2 steps, got {steps}")
-    spec = spec or sweep.runs()[0]
+    runs = sweep.runs()
+    spec = spec or runs[0]
     folder = Path(sweep.out) / ".calibration"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    d = _run_config(sweep, steps).to_dict()
-    d["train"].update(log_every=1, checkpoint_every=steps, sample_every=0)
-    d["train"]["betas"] = list(d["train"]["betas"])
-    previous = torch.get_num_threads()
     try:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as f:
-            yaml.safe_dump(d, f, sort_keys=False)
-        overrides = {"train.label_fraction": spec.label_fraction, "train.seed": spec.seed, "model.variant": spec.variant,
-                     "train.steps": steps}
-        graph, dataset, cfg, info = prepare_training(sweep.graph, sweep.data, config_path=f.name, overrides=overrides)
-        if threads:
-            torch.set_num_threads(int(threads))
-        train(graph, dataset, folder / "run", cfg, device=sweep.device, progress=False, data_info=info, verbose=False)
-        rows = [json.loads(line) for line in (folder / "run" / "log.jsonl").read_text().splitlines()]
-        elapsed = {int(r["step"]): float(r["elapsed_s"]) for r in rows}
-        return max((elapsed[steps] - elapsed[1]) / (steps - 1), 1e-9)
+        if side_by_side <= 1:
+            config = _calibration_config(sweep, steps, folder)
+            return _timed_steps(sweep, spec, config, folder / "run", steps, (1, steps), threads=threads)
+        import multiprocessing as mp
+        import queue
+
+        start = runs.index(spec) if spec in runs else 0
+        specs = [runs[(start + i) % len(runs)] for i in range(min(side_by_side, len(runs)))]
+        total = 3 * steps
+        config = _calibration_config(sweep, total, folder)
+        ctx = mp.get_context("spawn")
+        barrier, results = ctx.Barrier(len(specs)), ctx.Queue()
+        procs = [ctx.Process(target=_timed_worker, args=((i, sweep, s, config, folder / f"run{i}", total,
+                                                          (steps, 2 * steps), threads), barrier, results))
+                 for i, s in enumerate(specs)]
+        for p in procs:
+            p.start()
+        got: dict[int, float | str] = {}
+        silent: dict[int, int] = {}  # processes found dead without a report: how many checks ago
+        try:
+            while len(got) < len(procs):
+                try:
+                    i, v = results.get(timeout=5)
+                    got[i] = v
+                except queue.Empty:  # did anybody die without reporting (killed, out of memory)?
+                    for i, p in enumerate(procs):
+                        if i not in got and not p.is_alive():
+                            silent[i] = silent.get(i, 0) + 1
+                            if silent[i] >= 2:  # its report would have arrived by now
+                                got[i] = f"the process exited with code {p.exitcode} without a report"
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.terminate()
+        errors = {specs[i].name: got[i] for i in sorted(got) if isinstance(got[i], str)}
+        causes = {k: v for k, v in errors.items() if not v.startswith("BrokenBarrierError")}
+        errors = causes or errors  # the runs that only waited for a failed one say nothing new
+        if errors:
+            raise RuntimeError("the speed measurement failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        return max(float(v) for v in got.values())
     finally:
-        torch.set_num_threads(previous)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -637,7 +718,7 @@ def _budget(time: float | str) -> tuple[str, float]:
 
 
 def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progress: bool = True,
-              comment: bool = False) -> dict[str, Any]:
+              comment: bool = False, jobs: int = 1) -> dict[str, Any]:
     """Fix the steps of every run of ``sweep`` from a time budget per run; the plan (also ``sweep.steps``).
 
     ``time`` (seconds, or ``"10m"`` as :func:`causaldiffae.training.parse_duration` reads it) is the
@@ -647,7 +728,9 @@ def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progr
     run. The plan is written to ``OUT/time-plan.json``; a rerun with the same budget and settings
     reads it back instead of measuring again (a resumed sweep keeps its steps). Another budget is
     refused once a run has been trained. ``progress``: say what happens (``comment``: as ``# `` lines,
-    for ``--print-commands``, whose output stays a shell script).
+    for ``--print-commands``, whose output stays a shell script). ``jobs`` > 1: the speed is
+    measured with that many runs side by side (at most the sweep's runs), as the sweep trains them
+    (:func:`measure_step_seconds`); the plan records how many (``side_by_side``).
     """
     from causaldiffae.training import format_duration
 
@@ -679,10 +762,12 @@ def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progr
         raise ConfigError(f"{out} holds a sweep trained with --steps {before} (no time plan); give --steps {before} "
                           f"to continue it, or use another --out for a --time sweep")
     spec = sweep.runs()[0]
+    side = max(1, min(int(jobs), len(sweep.runs())))
     if progress:
-        print(("# " if comment else "") + f"--time {text} per run: timing {CALIBRATION_STEPS} training steps of {spec.name} to fix the steps of every run",
-              flush=True)
-    per_step = measure_step_seconds(sweep, spec, threads=threads)
+        what = (f"{CALIBRATION_STEPS} training steps of {spec.name}" if side == 1 else
+                f"{3 * CALIBRATION_STEPS} training steps of {side} runs side by side (--jobs {jobs})")
+        print(("# " if comment else "") + f"--time {text} per run: timing {what} to fix the steps of every run", flush=True)
+    per_step = measure_step_seconds(sweep, spec, threads=threads, side_by_side=side)
     steps = int(TIME_SHARE * seconds / per_step)
     if steps < 1:
         raise ConfigError(f"--time {text} buys no training step: a step of {spec.name} took {per_step:.3g} s here; "
@@ -691,7 +776,8 @@ def plan_time(sweep: Sweep, time: float | str, threads: int | None = None, progr
     import torch
 
     plan = {"time": text, "time_s": seconds, "steps": steps, "seconds_per_step": per_step,
-            "measured_on": spec.name, "measured_steps": CALIBRATION_STEPS - 1,
+            "measured_on": spec.name, "measured_steps": CALIBRATION_STEPS - 1 if side == 1 else CALIBRATION_STEPS,
+            "side_by_side": side,
             "threads": int(threads) if threads else torch.get_num_threads(), "device": sweep.device or "auto",
             "measured_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "note": f"every run trains {steps} steps = floor({TIME_SHARE} x {seconds:g} s / {per_step:.4g} s per step); "
@@ -710,8 +796,10 @@ def plan_line(sweep: Sweep, specs: Sequence[RunSpec], jobs: int = 1) -> str:
     line = f"plan: {len(specs)} runs x {sweep.steps} training steps each"
     plan = sweep.time_plan
     if plan:
+        side = int(plan.get("side_by_side", 1))
+        of = plan["measured_on"] if side == 1 else f"{side} runs side by side (the slowest)"
         line += (f" (--time {plan['time']} per run at {plan['seconds_per_step']:.3g} s/step, measured over "
-                 f"{plan['measured_steps']} steps of {plan['measured_on']} with {plan['threads']} thread(s); "
+                 f"{plan['measured_steps']} steps of {of} with {plan['threads']} thread(s); "
                  f"{Path(sweep.out) / TIME_PLAN})")
     line += f"; {left} not finished"
     if left:
@@ -874,7 +962,7 @@ def label_fraction(
                   predictors=str(predictors) if predictors else None, predictor_steps=predictor_steps, device=device)
     jobs_threads = _threads_per_job(jobs, threads)
     if time is not None:
-        plan_time(sweep, time, threads=jobs_threads, progress=progress or print_commands, comment=print_commands)
+        plan_time(sweep, time, threads=jobs_threads, progress=progress or print_commands, comment=print_commands, jobs=jobs)
     _prepare_sweep(sweep)
     specs = sweep.runs()
     if progress or print_commands:

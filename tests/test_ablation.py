@@ -346,6 +346,35 @@ def test_a_time_budget_fixes_one_step_count_for_every_run_and_a_rerun_reuses_it(
     assert all(c.startswith("# trained: ") for c in capsys.readouterr().out.splitlines() if "causaldiffae train" in c)
 
 
+def test_a_time_budget_with_jobs_is_measured_with_that_many_runs_side_by_side(tmp_path, capsys):
+    """Runs trained side by side share the machine (on one GPU they take turns), so --time with
+    --jobs 2 times two of the sweep's runs at once and plans from the slower one."""
+    import json
+
+    data, graph, config = _user_folder(tmp_path, n=16)
+    out = tmp_path / "sweep"
+    assert main(_time_args(graph, data, config, out, "30s", "--jobs", "2", "--print-commands")) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads((out / ablation.TIME_PLAN).read_text())
+    assert plan["side_by_side"] == 2 and plan["seconds_per_step"] > 0 and plan["threads"] == 1
+    assert plan["steps"] == int(ablation.TIME_SHARE * 30.0 / plan["seconds_per_step"]) >= 1
+    assert f"timing {3 * ablation.CALIBRATION_STEPS} training steps of 2 runs side by side (--jobs 2)" in printed
+    assert "of 2 runs side by side (the slowest)" in printed
+    assert not (out / ".calibration").exists()
+    commands = [line for line in printed.splitlines() if "causaldiffae train" in line]
+    assert len(commands) == 2 and all(f"--steps {plan['steps']} " in c for c in commands)
+
+
+def test_a_side_by_side_speed_measurement_that_fails_names_the_run(tmp_path):
+    """A run that cannot train in its process is reported by name (no hang, nothing left behind)."""
+    data, graph, config = _user_folder(tmp_path, n=16)
+    sweep = ablation.Sweep(graph=str(graph), data=str(tmp_path / "no-such-folder"), out=str(tmp_path / "sweep"),
+                           fractions=(1.0,), seeds=(0, 1), steps=3, baselines=(), config=str(config), device="cpu")
+    with pytest.raises(RuntimeError, match="speed measurement failed: causal-1-seed0: .*no-such-folder"):
+        ablation.measure_step_seconds(sweep, threads=1, side_by_side=2)
+    assert not (tmp_path / "sweep" / ".calibration").exists()
+
+
 @pytest.mark.parametrize("budget", ["ten minutes", "10x", "0s", "-5m", "1h30"])
 def test_a_bad_time_budget_exits_2_naming_it_before_anything_is_written(tmp_path, capsys, budget):
     out = tmp_path / "sweep"
