@@ -512,6 +512,40 @@ def _read_marker(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _stop_with_parent(parent: int, poll: float = 0.5) -> None:
+    """In a worker process of a sweep: interrupt this process once (SIGINT) when its parent
+    ``parent`` has died.
+
+    A sweep killed from outside (``kill``, a scheduler's time limit, a closed session) would
+    otherwise leave its ``--jobs`` workers training on, orphaned, into the sweep's folder, where a
+    rerun would train the same runs a second time beside them. With the interrupt, training does
+    what it does on Ctrl-C: it stops after the current step and writes a checkpoint that the rerun
+    resumes (and :func:`_in_worker` then ends the process). A daemon thread checks every ``poll``
+    seconds whether the process has been handed to another parent.
+    """
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+def _in_worker(parent: int, fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a sweep's worker process; once the parent ``parent`` has died
+    (see :func:`_stop_with_parent`), the worker exits after it instead of waiting for work that
+    will not come."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if os.getppid() != parent:
+            os._exit(1)  # nobody is left to collect a result or to send another run
+
+
 def _run_all(tasks: list[tuple], fn, jobs: int, threads: int | None, progress: bool, what: str) -> list[list[dict]]:
     """``fn(*task, threads=..., progress=...)`` for every task: in this process (jobs 1) or ``jobs`` processes."""
     from tqdm.auto import tqdm
@@ -522,8 +556,9 @@ def _run_all(tasks: list[tuple], fn, jobs: int, threads: int | None, progress: b
     import multiprocessing as mp
 
     results: list[Any] = [None] * len(tasks)
-    with fut.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(fn, *t, threads=threads, progress=False): i for i, t in enumerate(tasks)}
+    with fut.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_stop_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_in_worker, os.getpid(), fn, *t, threads=threads, progress=False): i for i, t in enumerate(tasks)}
         try:
             for f in tqdm(fut.as_completed(futures), total=len(futures), desc=what, disable=not progress, unit="run"):
                 results[futures[f]] = f.result()
@@ -607,9 +642,10 @@ def _timed_steps(sweep: Sweep, spec: RunSpec, config: str, run_dir: Path, steps:
     return max((elapsed[hi] - elapsed[lo]) / (hi - lo), 1e-9)
 
 
-def _timed_worker(args: tuple, barrier, results) -> None:
-    """One run of a side-by-side speed measurement (a spawned process): puts (index, seconds per
-    step) or (index, error text) on ``results``."""
+def _timed_worker(args: tuple, barrier, results, parent: int) -> None:
+    """One run of a side-by-side speed measurement (a spawned process of ``parent``): puts (index,
+    seconds per step) or (index, error text) on ``results``."""
+    _stop_with_parent(parent)
     index = args[0]
     try:
         results.put((index, _timed_steps(*args[1:], barrier=barrier)))
@@ -661,7 +697,7 @@ def measure_step_seconds(sweep: Sweep, spec: RunSpec | None = None, steps: int =
         ctx = mp.get_context("spawn")
         barrier, results = ctx.Barrier(len(specs)), ctx.Queue()
         procs = [ctx.Process(target=_timed_worker, args=((i, sweep, s, config, folder / f"run{i}", total,
-                                                          (steps, 2 * steps), threads), barrier, results))
+                                                          (steps, 2 * steps), threads), barrier, results, os.getpid()))
                  for i, s in enumerate(specs)]
         for p in procs:
             p.start()

@@ -375,6 +375,73 @@ def test_a_side_by_side_speed_measurement_that_fails_names_the_run(tmp_path):
     assert not (tmp_path / "sweep" / ".calibration").exists()
 
 
+def _sweep_workers(parent: int) -> list[int]:
+    """The pids of ``parent``'s multiprocessing workers (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"multiprocessing-fork" in cmd:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through Linux's /proc")
+def test_a_killed_sweep_stops_its_workers_each_with_a_checkpoint_to_resume(tmp_path):
+    """kill -9 of `ablate --jobs 2` (a scheduler's time limit, a closed session) must not leave
+    its workers training on, orphaned, into the sweep's folder: each stops after its current step,
+    writes a checkpoint and exits, so that a rerun resumes instead of training beside them."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from causaldiffae.checkpoint import load_checkpoint
+
+    data, graph, config = _user_folder(tmp_path, n=16)
+    out = tmp_path / "sweep"
+    args = _args(graph, data, config, out, "--jobs", "2")
+    args[args.index("--steps") + 1] = "1000000"  # far more than the test waits for
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "causaldiffae", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:  # until both workers train (their logs have rows)
+            logs = [p for p in (out / "runs").glob("*/log.jsonl") if p.stat().st_size > 0]
+            workers = workers if len(workers) == 2 else _sweep_workers(proc.pid)
+            if len(logs) == 2 and len(workers) == 2:
+                break
+            assert proc.poll() is None, "the sweep exited before its runs trained"
+            time.sleep(0.2)
+        assert len(workers) == 2, "the two runs did not start training in time"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 120
+        while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.2)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not alive, "the workers of a killed sweep kept training"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    trained = sorted(p.parent for p in (out / "runs").glob("*/log.jsonl"))
+    assert len(trained) == 2
+    for run in trained:
+        _, meta = load_checkpoint(run)  # written on the way out, resumable
+        assert 1 <= meta["step"] < 1000000
+        assert not (run / ablation.FINISHED).exists()
+
+
 @pytest.mark.parametrize("budget", ["ten minutes", "10x", "0s", "-5m", "1h30"])
 def test_a_bad_time_budget_exits_2_naming_it_before_anything_is_written(tmp_path, capsys, budget):
     out = tmp_path / "sweep"
