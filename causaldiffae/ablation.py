@@ -654,7 +654,10 @@ def _timed_worker(args: tuple, barrier, results, parent: int) -> None:
             barrier.abort()
         except Exception:
             pass
-        results.put((index, f"{type(e).__name__}: {e}"))
+        from causaldiffae.errors import CausalDiffAEError
+
+        # the library's own errors (a bad data folder, config...) travel as they are
+        results.put((index, e if isinstance(e, CausalDiffAEError) else f"{type(e).__name__}: {e}"))
 
 
 def measure_step_seconds(sweep: Sweep, spec: RunSpec | None = None, steps: int = CALIBRATION_STEPS,
@@ -719,7 +722,10 @@ def measure_step_seconds(sweep: Sweep, spec: RunSpec | None = None, steps: int =
                 p.join(timeout=30)
                 if p.is_alive():
                     p.terminate()
-        errors = {specs[i].name: got[i] for i in sorted(got) if isinstance(got[i], str)}
+        errors = {specs[i].name: got[i] for i in sorted(got) if not isinstance(got[i], float)}
+        own = [e for e in errors.values() if isinstance(e, Exception)]
+        if own:  # a library error (bad data, config...) says what is wrong in its own words, as without --jobs
+            raise own[0]
         causes = {k: v for k, v in errors.items() if not v.startswith("BrokenBarrierError")}
         errors = causes or errors  # the runs that only waited for a failed one say nothing new
         if errors:

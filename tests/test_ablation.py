@@ -365,14 +365,22 @@ def test_a_time_budget_with_jobs_is_measured_with_that_many_runs_side_by_side(tm
     assert len(commands) == 2 and all(f"--steps {plan['steps']} " in c for c in commands)
 
 
-def test_a_side_by_side_speed_measurement_that_fails_names_the_run(tmp_path):
-    """A run that cannot train in its process is reported by name (no hang, nothing left behind)."""
+def test_a_side_by_side_speed_measurement_on_bad_data_gives_the_named_error(tmp_path, capsys):
+    """A run that cannot train in its process stops the measurement with the library's own error,
+    as without --jobs: exit 2 and one line naming the data, no hang, nothing left behind."""
+    from causaldiffae.errors import DataError
+
     data, graph, config = _user_folder(tmp_path, n=16)
     sweep = ablation.Sweep(graph=str(graph), data=str(tmp_path / "no-such-folder"), out=str(tmp_path / "sweep"),
                            fractions=(1.0,), seeds=(0, 1), steps=3, baselines=(), config=str(config), device="cpu")
-    with pytest.raises(RuntimeError, match="speed measurement failed: causal-1-seed0: .*no-such-folder"):
+    with pytest.raises(DataError, match="no-such-folder"):
         ablation.measure_step_seconds(sweep, threads=1, side_by_side=2)
     assert not (tmp_path / "sweep" / ".calibration").exists()
+    out = tmp_path / "cli"
+    args = _time_args(graph, tmp_path / "no-such-folder", config, out, "30s", "--jobs", "2", "--print-commands")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no-such-folder" in err and "Traceback" not in err
 
 
 def _sweep_workers(parent: int) -> list[int]:
