@@ -193,7 +193,7 @@ def reference_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def undefined_fractions(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The interventions and groups whose achieved fraction evaluate() left out (do-nothing - floor
-    below :data:`causaldiffae.metrics.MIN_GAP`), e.g. ``["do(shadow_position) intervened"]``."""
+    below :data:`causaldiffae.metrics.MIN_GAP`), e.g. ``["do(<node>) intervened"]``."""
     value = {r["metric"]: r["value"] for r in rows}
     out = []
     for m in value:
@@ -644,7 +644,7 @@ def _timed_steps(sweep: Sweep, spec: RunSpec, config: str, run_dir: Path, steps:
 
 def _timed_worker(args: tuple, barrier, results, parent: int) -> None:
     """One run of a side-by-side speed measurement (a spawned process of ``parent``): puts (index,
-    seconds per step) or (index, error text) on ``results``."""
+    seconds per step), (index, the library error it raised) or (index, error text) on ``results``."""
     _stop_with_parent(parent)
     index = args[0]
     try:

@@ -36,7 +36,11 @@ def cells(sweep: str | Path) -> pd.DataFrame:
 def main(paths: list[str]) -> None:
     for path in paths:
         c = cells(path)
-        order = sorted(c["cell"].unique(), key=lambda s: (s.split(":")[0], s.split(":")[0][3:-1] != s.split(": ")[1]))
+        def place(cell: str) -> tuple[str, bool]:  # by do(), the set node before its descendants
+            do, node = cell.split(": ")
+            return do, do != f"do({node})"
+
+        order = sorted(c["cell"].unique(), key=place)
         print(f"{path}\n| labels | " + " | ".join(order) + " |")
         means = {}
         for frac, g in c.groupby("label_fraction"):
